@@ -1,0 +1,41 @@
+# Two commands do all the set-up on a fresh machine with Python 3.11+ and make:
+#   make report   create .venv if needed, run the demo study, render the HTML report
+#   make test     create .venv if needed, run ruff and pytest
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The stamp's name carries a hash of the files that define the environment: when either
+# changes, the stamp is missing and .venv is brought up to date; otherwise nothing runs.
+ENV_HASH := $(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.facetransfer-env-$(ENV_HASH)
+STUDY ?= params/demo.yaml
+PYTEST_ARGS ?=
+
+.PHONY: venv test lint report clean-results
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "facetransfer needs Python 3.11+ (found " + sys.version.split()[0] + "); set PYTHON=python3.11")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m ipykernel install --sys-prefix --name facetransfer --display-name "Python (facetransfer)" >/dev/null
+	rm -f $(VENV)/.facetransfer-env-*
+	touch $@
+	@echo "facetransfer: .venv is ready (kernel 'facetransfer' registered inside it)"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check lib tests notebooks benchmarks
+
+test: lint
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# `facetransfer run` renders the report itself as its last step and prints its path.
+report: $(STAMP)
+	$(VENV)/bin/facetransfer run $(STUDY)
+
+clean-results:
+	find results -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

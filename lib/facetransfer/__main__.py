@@ -1,0 +1,3 @@
+from facetransfer.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,145 @@
+"""Command line: ``facetransfer synth | data summary | run | report | bench``.
+
+Heavy modules (Keras, papermill) are imported inside the handlers, so ``--help`` and
+argument errors answer at once. Every :class:`FacetransferError` is printed as one line,
+``facetransfer: error: ...``, with exit status 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from facetransfer import __version__
+from facetransfer.errors import FacetransferError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from facetransfer import synthetic
+
+    info = synthetic.generate(args.layout, args.out, n=args.n, seed=args.seed, size=args.size, overwrite=args.overwrite)
+    print(json.dumps(info) if args.json else f"wrote {info['n']} SYNTHETIC {args.layout}-layout faces to {info['root']} in {info['seconds']:.1f} s")
+    return 0
+
+
+def _cmd_data_summary(args: argparse.Namespace) -> int:
+    from facetransfer import datasets
+
+    folder = None
+    if args.folder:
+        folder = {}
+        for item in args.folder:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise FacetransferError(f"--folder {item!r}: expected key=value (keys: csv, path_column, gender_column, ...)")
+            folder[key] = value
+    ds = datasets.load(args.dataset, args.root, folder=folder, frontal=not args.all_folds)
+    summary = datasets.summary(ds)
+    if args.json:
+        print(json.dumps(summary, default=str))
+    else:
+        print(datasets.format_summary(summary))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from facetransfer import runner
+
+    return runner.run_study(
+        args.study,
+        force=args.force,
+        dry_run=args.dry_run,
+        overrides=args.set or [],
+        results=args.results,
+        report=not args.no_report,
+    )
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from facetransfer import report
+
+    index = report.render(args.study_dir)
+    print(f"report: {index}")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from facetransfer import bench
+
+    return bench.run_bench(quick=args.quick, as_json=args.json, cases=args.cases, workdir=args.workdir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facetransfer", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"facetransfer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write a SYNTHETIC face set in a real dataset layout")
+    p.add_argument("--layout", required=True, choices=["celeba", "utkface"])
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--n", required=True, type=_positive_int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=128, help="image side in px (32..512, default 128)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("data", help="inspect a dataset")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    s = dsub.add_parser("summary", help="counts, labels and skipped inputs of a dataset")
+    s.add_argument("--dataset", required=True, choices=["celeba", "celeba30k", "utkface", "adience", "folder"])
+    s.add_argument("--root", required=True, type=Path)
+    s.add_argument("--folder", action="append", metavar="KEY=VALUE", help="folder dataset spec (csv=, path_column=, gender_column=, ...)")
+    s.add_argument("--all-folds", action="store_true", help="adience: read fold_*_data.txt instead of the frontal folds")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_cmd_data_summary)
+
+    p = sub.add_parser("run", help="execute a study (params/<study>.yaml)")
+    p.add_argument("study", type=Path)
+    p.add_argument("--force", action="store_true", help="re-run runs that are already complete")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved runs as JSON lines; execute nothing")
+    p.add_argument("--set", action="append", metavar="DOTTED.KEY=VALUE", help="override a param (value parsed as YAML); repeatable")
+    p.add_argument("--results", type=Path, default=None, help="results folder (default: results/)")
+    p.add_argument("--no-report", action="store_true", help="do not render the HTML report at the end")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("report", help="(re)render the HTML report of a study")
+    p.add_argument("study_dir", type=Path, help="results/<study>")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("bench", help="benchmark facetransfer's pipeline against the seed-style pipeline")
+    p.add_argument("--quick", action="store_true", help="small sizes; finishes in about 3 minutes on 2 cores")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--cases", nargs="*", default=None, help="subset of cases to run (default: all)")
+    p.add_argument("--workdir", type=Path, default=None, help="where the benchmark data and caches go")
+    p.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except FacetransferError as exc:
+        print(f"facetransfer: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("facetransfer: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,7 @@
+"""Shared test set-up. Area-specific fixtures live in the test modules themselves."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ.setdefault("MPLBACKEND", "Agg")
