@@ -27,6 +27,16 @@ SYNTHETIC_LAYOUTS = ("celeba", "utkface")
 KERAS_BACKBONES = ("vgg16", "resnet50v2", "inceptionv3", "mobilenetv2", "efficientnetb0")
 CUSTOM_BACKBONES = ("hassner", "compact")
 BACKBONES = KERAS_BACKBONES + CUSTOM_BACKBONES
+# Input side in px each backbone was designed for; `data.image_size: null` uses it.
+DEFAULT_INPUT_SIZE = {
+    "vgg16": 224,
+    "resnet50v2": 224,
+    "inceptionv3": 299,
+    "mobilenetv2": 224,
+    "efficientnetb0": 224,
+    "hassner": 227,
+    "compact": 128,
+}
 STRATEGIES = ("frozen", "last_block", "last_n", "full")
 OPTIMIZERS = ("adam", "sgd", "rmsprop")
 ACTIVATIONS = ("relu", "elu", "gelu", "swish", "tanh")
@@ -358,6 +368,11 @@ def resolve_run(raw: Mapping | None) -> dict:
     p = RUN_SCHEMA.validate("", raw or {})
     _cross_checks(p)
     return p
+
+
+def image_size(resolved: Mapping) -> int:
+    """The model input / image cache side for resolved params."""
+    return resolved["data"]["image_size"] or DEFAULT_INPUT_SIZE[resolved["model"]["backbone"]]
 
 
 def run_id(resolved: Mapping) -> str:
