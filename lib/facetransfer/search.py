@@ -1,0 +1,254 @@
+"""Hyperparameter search on the validation split (never the test split).
+
+Two searches, both over dotted run-params keys:
+
+- :func:`sequential_search` — the Adience study's procedure: tune one key at a time
+  (batch size → learning rate → neurons → dropout), carrying each best value forward.
+- :func:`optuna_search` — random or TPE search through Optuna over a declared space.
+
+A trial trains on the train split and scores on the validation split. Each finished
+trial is saved as ``<out_dir>/trials/<trial_id>.json`` (atomically), so a killed search
+resumes without re-training finished trials. The best values are written to
+``<out_dir>/best_params.json`` for later runs of the study (``use_search: true``).
+
+The search spec (the study file's ``search:`` section)::
+
+    search:
+      metric: val.accuracy          # or val.loss / val.mae / val.f1_macro
+      set: {train.epochs: 3}        # applied to the base params for every trial
+      sequential:
+        - {key: train.batch_size, values: [16, 32, 64]}
+        - {key: train.learning_rate, values: [0.001, 0.0003]}
+      optuna:
+        n_trials: 8
+        sampler: tpe                # or random
+        space:
+          train.learning_rate: {low: 1.0e-5, high: 1.0e-2, log: true}
+          model.head.dropout: {low: 0.0, high: 0.5}
+          model.head.dense: {choices: [[256], [512, 256]]}
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from facetransfer import params as P
+from facetransfer.errors import ParamError
+from facetransfer.io import atomic_write_json, read_json
+
+METRICS = {
+    # name: (key in the val metrics dict, higher is better)
+    "val.accuracy": ("accuracy", True),
+    "val.f1_macro": ("f1_macro", True),
+    "val.loss": ("loss", False),
+    "val.mae": ("mae", False),
+}
+SPEC_KEYS = ("metric", "set", "sequential", "optuna")
+
+
+@dataclass
+class SearchResult:
+    method: str
+    metric: str
+    trials: pd.DataFrame
+    best: dict  # dotted key -> value
+    best_score: float
+    best_params: dict = field(default_factory=dict)  # fully resolved
+
+
+def validate_spec(spec: Mapping | None, base_params: Mapping) -> dict:
+    """Check a search spec; return it with defaults. One-line ParamError on any problem."""
+    spec = dict(spec or {})
+    for key in spec:
+        if key not in SPEC_KEYS:
+            raise ParamError(f"search.{key}", f"unknown key; allowed keys here: {', '.join(SPEC_KEYS)}")
+    spec.setdefault("metric", "val.accuracy")
+    if spec["metric"] not in METRICS:
+        raise ParamError("search.metric", f"{spec['metric']!r} is not allowed; allowed: {', '.join(METRICS)}")
+    spec["set"] = dict(spec.get("set") or {})
+    for key in spec["set"]:
+        if not P.is_known_key(key):
+            raise ParamError(f"search.set.{key}", "is not a run param (see the params reference in the README)")
+    steps = spec.get("sequential") or []
+    if not isinstance(steps, list):
+        raise ParamError("search.sequential", "must be a list of {key, values}")
+    for i, step in enumerate(steps):
+        if not isinstance(step, Mapping) or set(step) != {"key", "values"}:
+            raise ParamError(f"search.sequential[{i}]", "must be a mapping with exactly: key, values")
+        if not P.is_known_key(step["key"]):
+            raise ParamError(f"search.sequential[{i}].key", f"{step['key']!r} is not a run param")
+        if not isinstance(step["values"], list) or not step["values"]:
+            raise ParamError(f"search.sequential[{i}].values", "must be a non-empty list")
+    spec["sequential"] = steps
+    opt = spec.get("optuna")
+    if opt is not None:
+        if not isinstance(opt, Mapping):
+            raise ParamError("search.optuna", "must be a mapping: n_trials, sampler, space")
+        for key in opt:
+            if key not in ("n_trials", "sampler", "space", "seed"):
+                raise ParamError(f"search.optuna.{key}", "unknown key; allowed keys here: n_trials, sampler, space, seed")
+        if opt.get("sampler", "tpe") not in ("tpe", "random"):
+            raise ParamError("search.optuna.sampler", f"{opt.get('sampler')!r} is not allowed; allowed: tpe, random")
+        n = opt.get("n_trials", 8)
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ParamError("search.optuna.n_trials", f"{n!r} is not an integer >= 1")
+        space = opt.get("space") or {}
+        if not space:
+            raise ParamError("search.optuna.space", "must name at least one param")
+        for key, dist in space.items():
+            if not P.is_known_key(key):
+                raise ParamError(f"search.optuna.space.{key}", "is not a run param")
+            if not isinstance(dist, Mapping) or not ({"low", "high"} <= set(dist) or "choices" in dist):
+                raise ParamError(f"search.optuna.space.{key}", "must be {low, high[, log]} or {choices: [...]}")
+    # Every value a trial can take must make valid run params: check before any work.
+    base = trial_params(base_params, spec["set"])
+    for i, step in enumerate(steps):
+        for value in step["values"]:
+            try:
+                trial_params(base, {step["key"]: value})
+            except ParamError as exc:
+                raise ParamError(f"search.sequential[{i}].values", f"{value!r}: {exc}") from None
+    return spec
+
+
+def trial_params(base: Mapping, overrides: Mapping[str, Any]) -> dict:
+    """Resolved params of ``base`` with dotted ``overrides`` applied."""
+    raw = P.deep_merge(base, {})
+    for key, value in overrides.items():
+        P.set_dotted(raw, key, value)
+    return P.resolve_run(raw)
+
+
+def _data_key(cfg: Mapping) -> str:
+    return json.dumps({"data": cfg["data"], "task": cfg["task"], "seed": cfg["seed"], "backbone": cfg["model"]["backbone"]}, sort_keys=True, default=str)
+
+
+class _Trials:
+    """Runs trials, caching prepared data by data params and trial results on disk."""
+
+    def __init__(self, out_dir: Path, results_root: Path, metric: str, verbose):
+        self.out_dir = Path(out_dir)
+        self.results_root = Path(results_root)
+        self.metric = metric
+        self.verbose = verbose
+        self._data: dict[str, Any] = {}
+
+    def score(self, cfg: dict) -> dict:
+        tid = P.run_id(cfg)
+        path = self.out_dir / "trials" / f"{tid}.json"
+        if path.exists():
+            return read_json(path)
+        result = self._train(cfg)
+        result["trial_id"] = tid
+        atomic_write_json(path, result)
+        return result
+
+    def _train(self, cfg: dict) -> dict:
+        from facetransfer import data as D
+        from facetransfer import evaluate, models, train
+
+        key = _data_key(cfg)
+        if key not in self._data:
+            self._data[key] = D.prepare(cfg, self.results_root)
+        data = self._data[key]
+        start = time.perf_counter()
+        model = models.build_model(cfg, results_root=self.results_root)
+        trial_dir = self.out_dir / "trials" / P.run_id(cfg)
+        result = train.fit(model, data, cfg, trial_dir, results_root=self.results_root, verbose=self.verbose)
+        val = evaluate.evaluate_split(model, data, cfg, "val")
+        hist = result.history
+        loss = float(hist["val_loss"].min()) if "val_loss" in hist else float("nan")
+        name, _ = METRICS[self.metric]
+        score = loss if name == "loss" else float(val[name])
+        return {"score": score, "val": val, "val_loss": loss, "epochs_run": int(len(hist)), "seconds": time.perf_counter() - start}
+
+
+def _better(metric: str, a: float, b: float | None) -> bool:
+    if b is None:
+        return True
+    return a > b if METRICS[metric][1] else a < b
+
+
+def sequential_search(base_params: Mapping, spec: Mapping, *, out_dir, results_root, verbose="auto") -> SearchResult:
+    """Tune each key of ``spec['sequential']`` in turn, carrying the best value forward."""
+    spec = validate_spec(spec, base_params)
+    trials = _Trials(out_dir, results_root, spec["metric"], verbose)
+    best: dict[str, Any] = dict(spec["set"])
+    rows = []
+    best_score = None
+    for step_no, step in enumerate(spec["sequential"], start=1):
+        step_best, step_score = None, None
+        for value in step["values"]:
+            cfg = trial_params(base_params, {**best, step["key"]: value})
+            res = trials.score(cfg)
+            rows.append({"step": step_no, "key": step["key"], "value": json.dumps(value), "score": res["score"], "val_loss": res["val_loss"], "epochs": res["epochs_run"], "seconds": res["seconds"], "trial_id": res["trial_id"]})
+            if _better(spec["metric"], res["score"], step_score):
+                step_best, step_score = value, res["score"]
+        best[step["key"]] = step_best
+        best_score = step_score
+        rows_step = [r for r in rows if r["step"] == step_no]
+        for r in rows_step:
+            r["chosen"] = r["value"] == json.dumps(step_best)
+    table = pd.DataFrame(rows)
+    return SearchResult("sequential", spec["metric"], table, best, float("nan") if best_score is None else best_score, trial_params(base_params, best))
+
+
+def optuna_search(base_params: Mapping, spec: Mapping, *, out_dir, results_root, verbose=0) -> SearchResult:
+    """Random or TPE search with Optuna over ``spec['optuna']['space']``."""
+    import optuna
+
+    spec = validate_spec(spec, base_params)
+    opt = spec["optuna"]
+    if opt is None:
+        raise ParamError("search.optuna", "is not set in this study")
+    seed = int(opt.get("seed", base_params.get("seed", 0) or 0))
+    sampler = optuna.samplers.TPESampler(seed=seed) if opt.get("sampler", "tpe") == "tpe" else optuna.samplers.RandomSampler(seed=seed)
+    direction = "maximize" if METRICS[spec["metric"]][1] else "minimize"
+    study = optuna.create_study(direction=direction, sampler=sampler)
+    trials = _Trials(out_dir, results_root, spec["metric"], verbose)
+    rows = []
+
+    def objective(trial):
+        values = dict(spec["set"])
+        for key, dist in opt["space"].items():
+            if "choices" in dist:
+                choices = [json.dumps(c) for c in dist["choices"]]
+                values[key] = json.loads(trial.suggest_categorical(key, choices))
+            elif isinstance(dist["low"], int) and isinstance(dist["high"], int) and not dist.get("log"):
+                values[key] = trial.suggest_int(key, dist["low"], dist["high"])
+            else:
+                values[key] = trial.suggest_float(key, float(dist["low"]), float(dist["high"]), log=bool(dist.get("log")))
+        cfg = trial_params(base_params, values)
+        res = trials.score(cfg)
+        rows.append({"trial": trial.number, **{k: json.dumps(v) for k, v in values.items() if k in opt["space"]}, "score": res["score"], "seconds": res["seconds"], "trial_id": res["trial_id"]})
+        return res["score"]
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(objective, n_trials=int(opt.get("n_trials", 8)), show_progress_bar=True)
+    best = dict(spec["set"])
+    for key, value in study.best_trial.params.items():
+        dist = opt["space"][key]
+        best[key] = json.loads(value) if "choices" in dist else value
+    return SearchResult(f"optuna-{opt.get('sampler', 'tpe')}", spec["metric"], pd.DataFrame(rows), best, float(study.best_value), trial_params(base_params, best))
+
+
+def write_best(out_dir, result: SearchResult) -> Path:
+    """Write ``best_params.json`` (dotted best values, score, method) atomically."""
+    path = Path(out_dir) / "best_params.json"
+    atomic_write_json(path, {"method": result.method, "metric": result.metric, "score": result.best_score, "best": result.best})
+    return path
+
+
+def load_best(path) -> dict:
+    """The dotted best values written by :func:`write_best`."""
+    path = Path(path)
+    if not path.exists():
+        raise ParamError("use_search", f"no search result at {path}: run the study's search stage first")
+    return dict(read_json(path)["best"])
