@@ -458,3 +458,16 @@ def describe(section: Section = RUN_SCHEMA, prefix: str = "") -> list[_Row]:
         else:
             rows.append(_Row(key, spec.default, spec.allowed(), spec.doc))
     return rows
+
+
+def format_reference() -> str:
+    """The params reference as a Markdown table (``python -m facetransfer.params``)."""
+    lines = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
+    for row in describe():
+        default = json.dumps(row.default) if not isinstance(row.default, str) else row.default
+        lines.append(f"| `{row.key}` | `{default}` | {row.allowed} | {row.doc} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(format_reference())
