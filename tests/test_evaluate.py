@@ -1,0 +1,117 @@
+"""Metric functions against scikit-learn, the degenerate flag, and evaluate_run."""
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from facetransfer import evaluate as E
+from facetransfer.errors import ParamError
+
+RNG = np.random.default_rng(7)
+
+
+def _binary(n=200, noise=0.3):
+    y = RNG.integers(0, 2, n)
+    prob = np.clip(y * 0.6 + 0.2 + RNG.normal(0, noise, n), 0, 1)
+    return y, prob
+
+
+def test_binary_metrics_match_sklearn():
+    y, prob = _binary()
+    pred = (prob >= 0.5).astype(int)
+    assert E.accuracy(y, pred) == pytest.approx(skm.accuracy_score(y, pred))
+    np.testing.assert_array_equal(E.confusion_matrix(y, pred, 2), skm.confusion_matrix(y, pred, labels=[0, 1]))
+    prf = E.precision_recall_f1(y, pred, 2)
+    p, r, f, s = skm.precision_recall_fscore_support(y, pred, labels=[0, 1], zero_division=0)
+    np.testing.assert_allclose(prf["precision"], p)
+    np.testing.assert_allclose(prf["recall"], r)
+    np.testing.assert_allclose(prf["f1"], f)
+    np.testing.assert_array_equal(prf["support"], s)
+    assert E.f1_macro(y, pred, 2) == pytest.approx(skm.f1_score(y, pred, average="macro"))
+    assert E.roc_auc(y, prob) == pytest.approx(skm.roc_auc_score(y, prob))
+
+
+def test_roc_auc_with_ties_and_one_class():
+    y = np.array([0, 0, 1, 1, 0, 1, 1, 0])
+    score = np.array([0.1, 0.5, 0.5, 0.9, 0.5, 0.1, 0.7, 0.3])
+    assert E.roc_auc(y, score) == pytest.approx(skm.roc_auc_score(y, score))
+    assert E.roc_auc(np.ones(5), np.linspace(0, 1, 5)) is None
+
+
+def test_multiclass_metrics_match_sklearn():
+    y = RNG.integers(0, 8, 300)
+    pred = np.where(RNG.random(300) < 0.6, y, RNG.integers(0, 8, 300))
+    labels = list(range(8))
+    np.testing.assert_array_equal(E.confusion_matrix(y, pred, 8), skm.confusion_matrix(y, pred, labels=labels))
+    assert E.f1_macro(y, pred, 8) == pytest.approx(skm.f1_score(y, pred, average="macro"))
+    m = E.classification_metrics(y, pred, E.AGE_GROUPS)
+    assert m["precision_macro"] == pytest.approx(skm.precision_score(y, pred, average="macro", zero_division=0))
+    assert m["recall_macro"] == pytest.approx(skm.recall_score(y, pred, average="macro", zero_division=0))
+    assert E.one_off_accuracy(y, pred) == pytest.approx(np.mean(np.abs(y - pred) <= 1))
+    assert E.one_off_accuracy([0, 3, 7], [1, 5, 7]) == pytest.approx(2 / 3)
+
+
+def test_mae_rmse_and_majority():
+    a, b = RNG.normal(40, 10, 100), RNG.normal(40, 10, 100)
+    assert E.mae(a, b) == pytest.approx(skm.mean_absolute_error(a, b))
+    assert E.rmse(a, b) == pytest.approx(np.sqrt(skm.mean_squared_error(a, b)))
+    assert E.majority_rate([0, 1, 1, 1]) == pytest.approx(0.75)
+
+
+def test_age_to_group_boundaries():
+    groups = E.age_to_group([0, 2.9, 3, 5, 10, 18, 28, 40, 50, 70, 116])
+    assert groups.tolist() == [0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 7]
+
+
+def test_gender_metrics_confusion_order_female_male():
+    y = np.array([0, 0, 0, 1, 1])  # 3 female, 2 male
+    prob = np.array([0.1, 0.2, 0.9, 0.8, 0.3])
+    m = E.gender_metrics(y, prob)
+    # rows = true (female, male); cols = predicted (female, male)
+    assert m["confusion_matrix"] == [[2, 1], [1, 1]]
+    assert m["classes"] == ["female", "male"]
+    assert m["support"] == {"female": 3, "male": 2}
+    assert m["accuracy"] == pytest.approx(0.6)
+
+
+def test_degenerate_flag_on_constant_predictor():
+    y = np.array([0] * 60 + [1] * 40)
+    m = E.gender_metrics(y, np.full(100, 0.2))
+    assert m["degenerate"] is True
+    assert "class 0" in m["degenerate_reason"]
+    good = E.gender_metrics(y, np.where(y == 1, 0.9, 0.1))
+    assert good["degenerate"] is False and good["degenerate_reason"] is None
+    assert good["accuracy"] == 1.0 and good["roc_auc"] == 1.0
+
+
+def test_degenerate_when_not_beating_majority():
+    y = np.array([0] * 70 + [1] * 30)
+    pred = np.concatenate([np.zeros(40), np.ones(30), np.zeros(30)])  # accuracy 0.4
+    flag, reason = E.degenerate(y, pred, 2)
+    assert flag and "majority rate" in reason
+
+
+def test_skewed_truth_is_not_degenerate_when_predicted_right():
+    y = np.array([0] * 97 + [1] * 3)
+    flag, _ = E.degenerate(y, y, 2)
+    assert not flag
+
+
+def test_age_metrics_and_baseline():
+    y = RNG.uniform(1, 90, 200)
+    m = E.age_metrics(y, y + RNG.normal(0, 2, 200))
+    assert m["mae"] < m["baseline_mae"] and not m["degenerate"]
+    assert len(m["confusion_matrix"]) == 8 and 0 <= m["accuracy"] <= 1
+    flat = E.age_metrics(y, np.full(200, 45.0))
+    assert flat["degenerate"] is True
+
+
+def test_task_metrics_age_gender_layout():
+    yg, prob = _binary(50)
+    ya = RNG.uniform(1, 80, 50)
+    m = E.task_metrics("age_gender", {"gender": yg, "age": ya}, {"gender": prob[:, None], "age": (ya + 3)[:, None]})
+    assert m["accuracy"] == m["outputs"]["gender"]["accuracy"]
+    assert m["mae"] == pytest.approx(3.0)
+    assert m["outputs"]["age"]["mae"] == pytest.approx(3.0)
+    with pytest.raises(ParamError, match="task"):
+        E.task_metrics("height", {}, {})
