@@ -1,0 +1,728 @@
+"""Every figure the notebooks show.
+
+Each function takes plain data (numpy arrays, pandas tables, dicts) and returns a
+:class:`matplotlib.figure.Figure` built without pyplot, so nothing is shown or kept open
+as a side effect: a notebook cell shows the figure it returns, and the caller may
+``fig.savefig(...)`` it. ``synthetic=True`` adds a "SYNTHETIC DATA" subtitle and
+watermark, so no figure of generated faces can be mistaken for a result on real faces.
+
+When the data lacks what a figure needs (no ages in CelebA, no misclassified images), the
+figure says so in words instead of failing, so a notebook runs unchanged on every dataset.
+
+Class order is female, male everywhere (gender 1 = male).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from facetransfer.errors import FacetransferError
+
+CLASS_NAMES = ("female", "male")
+SYNTHETIC_LABEL = "SYNTHETIC DATA"
+SYNTHETIC_NOTE = "SYNTHETIC DATA: generated faces, not real people"
+# Columns of the records table that are not binary attributes.
+NON_ATTRIBUTES = {"path", "gender", "age", "age_group", "subject", "source_split", "fold", "split", "row", "race"}
+RED = "#c0392b"
+PALETTE = ("#c0608f", "#3a75b0", "#5b9b5b", "#d08c2c", "#7f5fa8", "#4aa3a3", "#a0522d", "#777777")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] = (6.4, 4.0), **kw):
+    """A pyplot-free figure and a 2-D array of its axes."""
+    fig = Figure(figsize=size, layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    return fig, axes
+
+
+def _finish(fig: Figure, title: str, synthetic: bool) -> Figure:
+    """Set the title; mark the figure when its data is synthetic."""
+    if synthetic:
+        title = f"{title}\n{SYNTHETIC_NOTE}"
+        fig.text(0.5, 0.5, SYNTHETIC_LABEL, ha="center", va="center", rotation=25,
+                 fontsize=44, color=RED, alpha=0.18, weight="bold", zorder=100)
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def _message(title: str, text: str, *, synthetic: bool = False) -> Figure:
+    """A figure that states why there is nothing to plot."""
+    fig, axes = _figure(size=(6.4, 1.8))
+    ax = axes[0, 0]
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=11, wrap=True)
+    ax.set_axis_off()
+    return _finish(fig, title, synthetic)
+
+
+def _as_display(image) -> np.ndarray:
+    """uint8 or float 0..255 (H, W[, C]) → something imshow shows as-is."""
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
+    if img.dtype != np.uint8:
+        img = np.clip(img, 0, 255).astype(np.uint8)
+    return img
+
+
+def _grid(n: int, ncols: int, cell: float = 1.7, extra_h: float = 0.9):
+    ncols = max(1, min(ncols, n))
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = _figure(nrows, ncols, size=(cell * ncols, cell * nrows + extra_h))
+    for ax in axes.flat[n:]:
+        ax.set_axis_off()
+    return fig, axes.flat[:n]
+
+
+def _check_lengths(**items) -> int:
+    lengths = {k: len(v) for k, v in items.items() if v is not None}
+    if len(set(lengths.values())) > 1:
+        raise FacetransferError(f"plots: lengths differ: {lengths}; pass one entry per image")
+    return next(iter(lengths.values()), 0)
+
+
+def _label_column(table: pd.DataFrame, label: str | None) -> pd.Series:
+    if label is not None:
+        if label not in table:
+            raise FacetransferError(f"plots: column {label!r} not in table; columns: {', '.join(map(str, table.columns))}")
+        return table[label].astype(str)
+    for name in ("name", "run", "run_id"):
+        if name in table:
+            return table[name].astype(str)
+    return pd.Series(table.index.astype(str), index=table.index)
+
+
+def _degenerate(table: pd.DataFrame) -> np.ndarray:
+    if "degenerate" not in table:
+        return np.zeros(len(table), dtype=bool)
+    return table["degenerate"].fillna(False).astype(bool).to_numpy()
+
+
+def _ci_columns(table: pd.DataFrame, metric: str) -> tuple[str, str] | None:
+    for lo, hi in ((f"{metric}_lo", f"{metric}_hi"), (f"{metric}_ci_low", f"{metric}_ci_high")):
+        if lo in table and hi in table:
+            return lo, hi
+    return None
+
+
+def _class_name(value, labels: Sequence[str] | None) -> str:
+    if labels is not None and value is not None and not pd.isna(value) and float(value).is_integer():
+        i = int(value)
+        if 0 <= i < len(labels):
+            return labels[i]
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.1f}"
+    return str(value)
+
+
+# ---------------------------------------------------------------- data exploration
+
+
+def sample_grid(images, captions: Sequence | None = None, *, ncols: int = 8, labels: Sequence[str] | None = CLASS_NAMES,
+                title: str = "Sample images", synthetic: bool = False) -> Figure:
+    """A grid of images; ``captions`` are strings or class indices (shown as ``labels``)."""
+    n = _check_lengths(images=images, captions=captions)
+    if n == 0:
+        return _message(title, "no images to show", synthetic=synthetic)
+    fig, axes = _grid(n, ncols)
+    for i, ax in enumerate(axes):
+        ax.imshow(_as_display(images[i]))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if captions is not None:
+            cap = captions[i]
+            ax.set_title(cap if isinstance(cap, str) else _class_name(cap, labels), fontsize=8)
+    return _finish(fig, title, synthetic)
+
+
+def _counts_table(counts, column: str, labels: Sequence[str] | None) -> pd.DataFrame:
+    """Split × class counts from records, a nested mapping or a crosstab."""
+    if isinstance(counts, pd.DataFrame) and column in counts:
+        split = counts["split"] if "split" in counts else pd.Series("all", index=counts.index)
+        values = counts[column]
+        if labels is not None:
+            values = values.map(lambda v: _class_name(v, labels))
+        table = pd.crosstab(split.rename("split"), values.rename(column))
+    elif isinstance(counts, pd.DataFrame):
+        table = counts
+    elif isinstance(counts, Mapping) and counts and all(isinstance(v, Mapping) for v in counts.values()):
+        table = pd.DataFrame(counts).T.fillna(0)
+    elif isinstance(counts, Mapping):
+        table = pd.DataFrame([counts], index=["all"])
+    else:
+        raise FacetransferError(f"plots.class_balance: expected records with a {column!r} column or a mapping of counts, got {type(counts).__name__}")
+    order = [s for s in ("train", "val", "test") if s in table.index]
+    table = table.loc[order + [s for s in table.index if s not in order]]
+    if labels is not None:
+        cols = [c for c in labels if c in table.columns]
+        table = table[cols + [c for c in table.columns if c not in cols]]
+    return table.astype(int)
+
+
+def class_balance(counts, *, column: str = "gender", labels: Sequence[str] | None = CLASS_NAMES,
+                  title: str = "Class balance per split", synthetic: bool = False) -> Figure:
+    """Grouped bars of class counts per split, each bar labelled with count and share.
+
+    ``counts``: the records table (columns ``split`` and ``column``), a mapping
+    ``{split: {class: n}}``, a mapping ``{class: n}`` or a split × class crosstab.
+    """
+    table = _counts_table(counts, column, labels)
+    if table.empty:
+        return _message(title, f"no {column} labels to count", synthetic=synthetic)
+    fig, axes = _figure(size=(1.6 + 1.6 * len(table), 4.0))
+    ax = axes[0, 0]
+    x = np.arange(len(table))
+    width = 0.8 / len(table.columns)
+    totals = table.sum(axis=1).replace(0, 1)
+    for j, cls in enumerate(table.columns):
+        bars = ax.bar(x + (j - (len(table.columns) - 1) / 2) * width, table[cls], width,
+                      label=str(cls), color=PALETTE[j % len(PALETTE)])
+        shares = table[cls] / totals
+        ax.bar_label(bars, labels=[f"{c}\n{s:.0%}" for c, s in zip(table[cls], shares, strict=True)], fontsize=8)
+    ax.set_xticks(x, [f"{s}\n(n={t})" for s, t in zip(table.index, table.sum(axis=1), strict=True)])
+    ax.set_ylabel("images")
+    ax.set_xlabel("split")
+    ax.margins(y=0.2)
+    ax.legend(title=column)
+    return _finish(fig, title, synthetic)
+
+
+def binary_attributes(records: pd.DataFrame) -> list[str]:
+    """Columns of ``records`` that hold 0/1 attributes (CelebA-type labels)."""
+    out = []
+    for col in records.columns:
+        if col in NON_ATTRIBUTES:
+            continue
+        values = pd.to_numeric(records[col], errors="coerce")
+        if values.notna().all() and len(values) and set(values.unique()) <= {0, 1}:
+            out.append(col)
+    return out
+
+
+def attribute_correlation(records: pd.DataFrame, attributes: Sequence[str] | None = None, *,
+                          title: str = "Correlation of binary attributes", synthetic: bool = False) -> Figure:
+    """Heatmap of Pearson (phi) correlations between 0/1 attributes; gender included as ``male``."""
+    import seaborn as sns
+
+    attributes = list(attributes) if attributes is not None else binary_attributes(records)
+    missing = [a for a in attributes if a not in records]
+    if missing:
+        raise FacetransferError(f"plots.attribute_correlation: attributes not in records: {', '.join(missing)}")
+    frame = records[attributes].apply(pd.to_numeric, errors="coerce")
+    if "gender" in records and "Male" not in attributes and records["gender"].notna().any():
+        frame = frame.assign(male=pd.to_numeric(records["gender"], errors="coerce"))
+    if frame.shape[1] < 2:
+        return _message(title, "this dataset has fewer than two binary attributes: nothing to correlate", synthetic=synthetic)
+    corr = frame.astype(float).corr()
+    k = len(corr)
+    side = min(14.0, 2.5 + 0.32 * k)
+    fig, axes = _figure(size=(side + 1.2, side))
+    sns.heatmap(corr, ax=axes[0, 0], vmin=-1, vmax=1, center=0, cmap="vlag", square=True,
+                annot=k <= 12, fmt=".2f", annot_kws={"fontsize": 7},
+                cbar_kws={"label": "correlation", "shrink": 0.7}, xticklabels=True, yticklabels=True)
+    axes[0, 0].tick_params(labelsize=7 if k > 20 else 9)
+    return _finish(fig, f"{title} (n={len(frame)})", synthetic)
+
+
+def age_histogram(records: pd.DataFrame, *, bins=None, labels: Sequence[str] = CLASS_NAMES,
+                  title: str = "Age distribution by gender", synthetic: bool = False) -> Figure:
+    """Histogram of ages (years) by gender; Adience-type age groups as bars by gender."""
+    has_age = "age" in records and pd.to_numeric(records["age"], errors="coerce").notna().any()
+    has_group = "age_group" in records and records["age_group"].notna().any()
+    if not has_age and not has_group:
+        return _message(title, "this dataset has no ages", synthetic=synthetic)
+    gender = records["gender"] if "gender" in records else pd.Series(pd.NA, index=records.index)
+    fig, axes = _figure(size=(7.0, 4.0))
+    ax = axes[0, 0]
+    groups = [(labels[g], gender == g) for g in (0, 1)] + [("unknown", gender.isna())]
+    if has_age:
+        ages = pd.to_numeric(records["age"], errors="coerce")
+        bins = np.arange(0, max(ages.max(), 1) + 5, 5) if bins is None else bins
+        for j, (name, mask) in enumerate(groups):
+            values = ages[mask.fillna(False).astype(bool)].dropna()
+            if len(values):
+                ax.hist(values, bins=bins, alpha=0.55, label=f"{name} (n={len(values)})", color=PALETTE[j])
+        ax.set_xlabel("age (years)")
+    else:
+        codes = pd.to_numeric(records["age_group"], errors="coerce")
+        present = sorted(int(c) for c in codes.dropna().unique())
+        x = np.arange(len(present))
+        for j, (name, mask) in enumerate(groups[:2]):
+            counts = codes[mask.fillna(False).astype(bool)].value_counts()
+            ax.bar(x + (j - 0.5) * 0.4, [counts.get(c, 0) for c in present], 0.4, label=name, color=PALETTE[j])
+        ax.set_xticks(x, [ADIENCE_GROUPS[c] if c < len(ADIENCE_GROUPS) else str(c) for c in present])
+        ax.set_xlabel("age group (years)")
+    ax.set_ylabel("images")
+    ax.legend(title="gender")
+    return _finish(fig, title, synthetic)
+
+
+ADIENCE_GROUPS = ("0-2", "4-6", "8-12", "15-20", "25-32", "38-43", "48-53", "60-100")
+
+
+def _read_sizes(paths: Sequence[str], limit: int, seed: int) -> tuple[pd.DataFrame, int, int]:
+    from PIL import Image
+
+    paths = list(paths)
+    total = len(paths)
+    if total > limit:
+        pick = np.random.default_rng(seed).choice(total, size=limit, replace=False)
+        paths = [paths[i] for i in sorted(pick)]
+    rows, unreadable = [], 0
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                rows.append(im.size)
+        except (OSError, ValueError):
+            unreadable += 1
+    return pd.DataFrame(rows, columns=["width", "height"]), total, unreadable
+
+
+def image_sizes(sizes, *, target: int | None = None, limit: int = 2000, seed: int = 0,
+                title: str = "Image sizes on disk", synthetic: bool = False) -> Figure:
+    """Width × height of the files (point size = count) and the aspect ratios.
+
+    ``sizes``: a table with ``width`` and ``height`` columns, or image paths (headers are
+    read; above ``limit`` files a seeded sample is read and the title says so).
+    ``target`` marks the model's input side.
+    """
+    note = ""
+    if isinstance(sizes, pd.DataFrame) and {"width", "height"} <= set(sizes.columns):
+        table = sizes[["width", "height"]]
+    else:
+        paths = sizes["path"].tolist() if isinstance(sizes, pd.DataFrame) else list(sizes)
+        table, total, unreadable = _read_sizes(paths, limit, seed)
+        if total > limit:
+            note += f"; a seeded sample of {limit} of {total} files"
+        if unreadable:
+            note += f"; {unreadable} unreadable (see the quarantine table)"
+    if table.empty:
+        return _message(title, "no readable images", synthetic=synthetic)
+    counts = table.value_counts().rename("n").reset_index()
+    fig, axes = _figure(1, 2, size=(10.0, 4.0))
+    ax = axes[0, 0]
+    ax.scatter(counts["width"], counts["height"], s=20 + 300 * counts["n"] / counts["n"].max(), alpha=0.6, color=PALETTE[1])
+    for _, row in counts.nlargest(3, "n").iterrows():
+        ax.annotate(f"{row.width}×{row.height} (n={row.n})", (row.width, row.height), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")
+    if target is not None:
+        ax.scatter([target], [target], marker="x", s=80, color=RED, label=f"model input {target}×{target}")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("width (px)")
+    ax.set_ylabel("height (px)")
+    ax.set_title(f"{len(counts)} distinct sizes")
+    ax = axes[0, 1]
+    ax.hist(table["width"] / table["height"], bins=20, color=PALETTE[2])
+    ax.set_xlabel("aspect ratio (width / height)")
+    ax.set_ylabel("images")
+    ax.set_title("aspect ratio")
+    return _finish(fig, f"{title} (n={len(table)}{note})", synthetic)
+
+
+def augmentation_examples(image, augment: Mapping | None, *, n: int = 7, seed: int = 0,
+                          title: str = "Training augmentation", synthetic: bool = False) -> Figure:
+    """The original image and ``n`` draws of the training augmentation (``train.augment``).
+
+    The draws come from the training feeder itself, so the figure shows exactly what
+    the model sees.
+    """
+    if augment is None:
+        return _message(title, "train.augment is off: training images are used as they are", synthetic=synthetic)
+    from facetransfer.feeder import BatchFeeder
+
+    original = _as_display(image)
+    stack = np.repeat(original[None], n, axis=0)
+    feeder = BatchFeeder(stack, np.arange(n), None, batch_size=n, shuffle=False, seed=seed, augment=dict(augment))
+    batch = feeder[0]
+    drawn = np.asarray(batch[0] if isinstance(batch, tuple) else batch)
+    images = [original, *drawn]
+    captions = ["original"] + [f"draw {i + 1}" for i in range(n)]
+    fig = sample_grid(images, captions, ncols=min(8, n + 1), labels=None, title=title, synthetic=synthetic)
+    cfg = ", ".join(f"{k}={v}" for k, v in augment.items())
+    fig.supxlabel(f"train.augment: {cfg}", fontsize=9)
+    return fig
+
+
+def quarantine_table(quarantine) -> pd.DataFrame:
+    """Counts of quarantined inputs by stage and reason, with one example path each.
+
+    ``quarantine``: a table with ``path`` and ``reason`` (and ``stage``) columns, or a
+    list of ``{"path", "reason"}`` dicts. Empty in, an empty table with the same columns out.
+    """
+    frame = pd.DataFrame(list(quarantine)) if not isinstance(quarantine, pd.DataFrame) else quarantine
+    columns = ["stage", "reason", "count", "example"]
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    missing = {"path", "reason"} - set(frame.columns)
+    if missing:
+        raise FacetransferError(f"plots.quarantine_table: quarantine needs columns path, reason; missing {', '.join(sorted(missing))}")
+    frame = frame.assign(stage=frame["stage"] if "stage" in frame else "")
+    table = (frame.groupby(["stage", "reason"], sort=False)["path"]
+             .agg(count="size", example=lambda s: Path(str(s.iloc[0])).name)
+             .reset_index()
+             .sort_values("count", ascending=False, kind="stable")
+             .reset_index(drop=True))
+    return table[columns]
+
+
+# ---------------------------------------------------------------- one run
+
+
+_NOT_METRICS = {"epoch", "phase", "lr", "learning_rate", "seconds", "time"}
+
+
+def _metric_bases(history: pd.DataFrame) -> list[str]:
+    """``loss`` first, then every metric logged for train and/or val (per-output losses left out)."""
+    names = [c[4:] if c.startswith("val_") else c for c in history.columns]
+    has_loss = "loss" in names
+    bases = []
+    for col, base in zip(history.columns, names, strict=True):
+        if base in _NOT_METRICS or base in bases or not pd.api.types.is_numeric_dtype(history[col]):
+            continue
+        if has_loss and base.endswith("_loss"):
+            continue
+        bases.append(base)
+    return sorted(bases, key=lambda b: b != "loss")
+
+
+def _epochs(history: pd.DataFrame) -> np.ndarray:
+    if "epoch" in history and history["epoch"].is_monotonic_increasing and history["epoch"].is_unique:
+        return history["epoch"].to_numpy()
+    return np.arange(1, len(history) + 1)
+
+
+def _mark_phases(ax, history: pd.DataFrame, x: np.ndarray) -> None:
+    if "phase" not in history or history["phase"].nunique() < 2:
+        return
+    phase = history["phase"].astype(str).to_numpy()
+    starts = [0] + [i for i in range(1, len(phase)) if phase[i] != phase[i - 1]]
+    for k, i in enumerate(starts):
+        if k:
+            ax.axvline((x[i - 1] + x[i]) / 2, color="gray", linestyle="--", linewidth=1)
+        ax.text(x[i], 1.0, f" {phase[i]}", transform=ax.get_xaxis_transform(), va="bottom", fontsize=8, color="gray")
+
+
+def training_curves(history: pd.DataFrame, *, title: str = "Training curves", synthetic: bool = False) -> Figure:
+    """Loss and each metric per epoch, train vs validation; training phases marked."""
+    if history is None or len(history) == 0:
+        return _message(title, "no epochs were trained", synthetic=synthetic)
+    bases = _metric_bases(history)
+    x = _epochs(history)
+    fig, axes = _figure(1, len(bases), size=(4.2 * len(bases), 3.8))
+    for ax, base in zip(axes.flat, bases, strict=True):
+        for col, style, name in ((base, "-o", "train"), (f"val_{base}", "-s", "validation")):
+            if col in history:
+                ax.plot(x, history[col], style, markersize=3, label=name)
+        _mark_phases(ax, history, x)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(base)
+        ax.set_title(base, pad=14)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return _finish(fig, title, synthetic)
+
+
+def confusion_matrix(cm, labels: Sequence[str] = CLASS_NAMES, *, title: str = "Confusion matrix (test)",
+                     synthetic: bool = False) -> Figure:
+    """Counts and row percentages (rows = true class, columns = predicted class)."""
+    import seaborn as sns
+
+    cm = np.asarray(cm, dtype=float)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] != len(labels):
+        raise FacetransferError(f"plots.confusion_matrix: expected a {len(labels)}x{len(labels)} matrix for labels {', '.join(labels)}, got shape {cm.shape}")
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    annot = np.array([[f"{int(c)}\n{s:.1%}" for c, s in zip(crow, srow, strict=True)] for crow, srow in zip(cm, share, strict=True)])
+    side = max(4.0, 2.4 + 0.9 * len(labels))
+    fig, axes = _figure(size=(side + 1.2, side))
+    ax = axes[0, 0]
+    sns.heatmap(share, ax=ax, annot=annot, fmt="", cmap="Blues", vmin=0, vmax=1, square=True,
+                xticklabels=labels, yticklabels=labels, cbar_kws={"label": "share of the true class"})
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    total = int(cm.sum())
+    acc = np.trace(cm) / total if total else float("nan")
+    ax.set_title(f"n={total}, accuracy {acc:.1%}")
+    return _finish(fig, title, synthetic)
+
+
+def misclassified_grid(images, true, pred, prob=None, *, labels: Sequence[str] | None = CLASS_NAMES, ncols: int = 8,
+                       title: str = "Misclassified test images", synthetic: bool = False) -> Figure:
+    """Images with their true and predicted labels and P(predicted class) (or years for age)."""
+    n = _check_lengths(images=images, true=true, pred=pred, prob=prob)
+    if n == 0:
+        return _message(title, "no misclassified images", synthetic=synthetic)
+    captions = []
+    for i in range(n):
+        cap = f"true {_class_name(true[i], labels)}\npred {_class_name(pred[i], labels)}"
+        if prob is not None:
+            cap += f" ({float(prob[i]):.2f})"
+        captions.append(cap)
+    return sample_grid(images, captions, ncols=ncols, labels=None, title=title, synthetic=synthetic)
+
+
+def saliency_grid(images, heatmaps, captions: Sequence[str] | None = None, *, ncols: int = 4, alpha: float = 0.5,
+                  title: str = "Occlusion saliency", synthetic: bool = False) -> Figure:
+    """Each image beside its saliency map overlaid (red = occluding this region hurts most)."""
+    n = _check_lengths(images=images, heatmaps=heatmaps, captions=captions)
+    if n == 0:
+        return _message(title, "no images to explain", synthetic=synthetic)
+    ncols = max(1, min(ncols, n))
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = _figure(nrows, 2 * ncols, size=(3.2 * ncols, 1.8 * nrows + 0.9))
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for i in range(n):
+        r, c = divmod(i, ncols)
+        img = _as_display(images[i])
+        heat = np.asarray(heatmaps[i], dtype=float)
+        left, right = axes[r, 2 * c], axes[r, 2 * c + 1]
+        left.imshow(img)
+        right.imshow(img)
+        right.imshow(heat, cmap="jet", alpha=alpha, extent=(-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5),
+                     interpolation="bilinear")
+        left.set_title(captions[i] if captions is not None else f"image {i + 1}", fontsize=8)
+        right.set_title("saliency", fontsize=8)
+    return _finish(fig, title, synthetic)
+
+
+def reliability_diagram(table, *, title: str = "Reliability diagram", synthetic: bool = False) -> Figure:
+    """Observed frequency vs mean predicted probability per bin, and the bin counts.
+
+    ``table`` (or ``{name: table}`` to overlay runs) has one row per bin with the mean
+    predicted probability (``confidence``, ``mean_prob`` or ``prob``), the observed
+    frequency (``accuracy``, ``frequency``, ``observed`` or ``frac_pos``) and ``count``.
+    An ``ece`` entry in ``table.attrs`` goes into the legend.
+    """
+    tables = dict(table) if isinstance(table, Mapping) else {"": table}
+    fig, axes = _figure(2, 1, size=(5.2, 6.0), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top, bottom = axes[0, 0], axes[1, 0]
+    top.plot([0, 1], [0, 1], ":", color="gray", label="perfect calibration")
+    width = 0.8 / max(1, len(tables)) / 10
+    for j, (name, t) in enumerate(tables.items()):
+        x_col = _pick_column(t, ("confidence", "mean_prob", "prob", "mean_predicted"), "reliability_diagram")
+        y_col = _pick_column(t, ("accuracy", "frequency", "observed", "frac_pos", "fraction_positive"), "reliability_diagram")
+        t = t[t["count"] > 0] if "count" in t else t
+        label = name or "model"
+        if "ece" in t.attrs:
+            label += f" (ECE {t.attrs['ece']:.3f})"
+        color = PALETTE[(j + 1) % len(PALETTE)]
+        top.plot(t[x_col], t[y_col], "-o", color=color, label=label)
+        if "count" in t:
+            bottom.bar(t[x_col] + (j - (len(tables) - 1) / 2) * width, t["count"], width, color=color)
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("observed frequency")
+    top.legend(fontsize=8)
+    top.grid(alpha=0.3)
+    bottom.set_xlabel("mean predicted probability")
+    bottom.set_ylabel("images")
+    return _finish(fig, title, synthetic)
+
+
+def _pick_column(table: pd.DataFrame, names: Sequence[str], where: str) -> str:
+    for name in names:
+        if name in table:
+            return name
+    raise FacetransferError(f"plots.{where}: table needs one of the columns {', '.join(names)}; has {', '.join(map(str, table.columns))}")
+
+
+def subgroup_bars(table: pd.DataFrame, *, metric: str = "accuracy", title: str = "Accuracy by subgroup (test)",
+                  synthetic: bool = False) -> Figure:
+    """One bar per subgroup (``attribute`` = ``group``), with CIs and n; ``run`` column → bars per run."""
+    if table is None or len(table) == 0:
+        return _message(title, "no subgroups (set eval.subgroups)", synthetic=synthetic)
+    group_col = _pick_column(table, ("group", "value", "subgroup"), "subgroup_bars")
+    if metric not in table:
+        raise FacetransferError(f"plots.subgroup_bars: metric {metric!r} not in table; columns: {', '.join(map(str, table.columns))}")
+    label = table[group_col].astype(str)
+    if "attribute" in table:
+        label = table["attribute"].astype(str) + " = " + label
+    frame = table.assign(_label=label)
+    runs = list(dict.fromkeys(frame["run"].astype(str))) if "run" in frame else [""]
+    groups = list(dict.fromkeys(frame["_label"]))
+    ci = _ci_columns(frame, metric)
+    height = 0.8 / len(runs)
+    fig, axes = _figure(size=(7.5, 1.2 + 0.45 * len(groups) * max(1, len(runs) * 0.6)))
+    ax = axes[0, 0]
+    for j, run in enumerate(runs):
+        part = frame[frame["run"].astype(str) == run] if run else frame
+        part = part.set_index("_label").reindex(groups)
+        y = np.arange(len(groups)) + (j - (len(runs) - 1) / 2) * height
+        xerr = None
+        if ci is not None:
+            xerr = np.vstack([part[metric] - part[ci[0]], part[ci[1]] - part[metric]]).clip(min=0)
+        bars = ax.barh(y, part[metric], height, xerr=xerr, capsize=2, label=run or None, color=PALETTE[(j + 1) % len(PALETTE)])
+        if "n" in part:
+            ax.bar_label(bars, labels=[f"{v:.3f} (n={int(k)})" if pd.notna(k) else "" for v, k in zip(part[metric], part["n"], strict=True)],
+                         fontsize=7, padding=3)
+    ax.set_yticks(np.arange(len(groups)), groups)
+    ax.invert_yaxis()
+    ax.set_xlabel(metric)
+    ax.set_xlim(0, min(1.25, max(1.0, float(frame[metric].max()) * 1.25)) if frame[metric].max() <= 1 else None)
+    if len(runs) > 1:
+        ax.legend(fontsize=8)
+    return _finish(fig, title, synthetic)
+
+
+# ---------------------------------------------------------------- comparing runs
+
+
+def metric_bars(table: pd.DataFrame, *, metrics: Sequence[str] | None = None, label: str | None = None,
+                title: str = "Test metrics by run", synthetic: bool = False) -> Figure:
+    """Grouped bars of each metric per run with confidence intervals; degenerate runs in red.
+
+    ``table``: one row per run; CIs from ``<metric>_lo`` / ``<metric>_hi`` columns; a
+    boolean ``degenerate`` column marks runs that predict one class only.
+    """
+    if table is None or len(table) == 0:
+        return _message(title, "no runs to compare", synthetic=synthetic)
+    if metrics is None:
+        metrics = [m for m in ("accuracy", "precision", "recall", "f1", "f1_macro") if m in table]
+    missing = [m for m in metrics if m not in table]
+    if missing or not metrics:
+        raise FacetransferError(f"plots.metric_bars: metrics {', '.join(missing) or '(none)'} not in table; columns: {', '.join(map(str, table.columns))}")
+    names = _label_column(table, label)
+    bad = _degenerate(table)
+    width = 0.8 / len(metrics)
+    y = np.arange(len(table))
+    fig, axes = _figure(size=(8.0, 1.4 + 0.35 * len(table) * len(metrics)))
+    ax = axes[0, 0]
+    for j, m in enumerate(metrics):
+        values = pd.to_numeric(table[m], errors="coerce").to_numpy(dtype=float)
+        ci = _ci_columns(table, m)
+        xerr = None
+        if ci is not None:
+            lo = pd.to_numeric(table[ci[0]], errors="coerce").to_numpy(dtype=float)
+            hi = pd.to_numeric(table[ci[1]], errors="coerce").to_numpy(dtype=float)
+            xerr = np.vstack([values - lo, hi - values]).clip(min=0)
+        ax.barh(y + (j - (len(metrics) - 1) / 2) * width, values, width, xerr=xerr, capsize=2,
+                label=m, color=PALETTE[(j + 1) % len(PALETTE)], edgecolor=[RED if b else "none" for b in bad])
+    ax.set_yticks(y, [f"{n} (degenerate)" if b else n for n, b in zip(names, bad, strict=True)])
+    for tick, b in zip(ax.get_yticklabels(), bad, strict=True):
+        if b:
+            tick.set_color(RED)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.0)
+    ax.set_xlabel("score on the test split")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="x", alpha=0.3)
+    return _finish(fig, title, synthetic)
+
+
+def time_comparison(table: pd.DataFrame, *, column: str | None = None, label: str | None = None,
+                    title: str = "Training time by run", synthetic: bool = False) -> Figure:
+    """Horizontal bars of training seconds per run (``train_seconds`` by default)."""
+    if table is None or len(table) == 0:
+        return _message(title, "no runs to compare", synthetic=synthetic)
+    column = column or _pick_column(table, ("train_seconds", "training_time", "seconds"), "time_comparison")
+    names = _label_column(table, label)
+    bad = _degenerate(table)
+    seconds = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=float)
+    fig, axes = _figure(size=(7.5, 1.3 + 0.4 * len(table)))
+    ax = axes[0, 0]
+    y = np.arange(len(table))
+    bars = ax.barh(y, seconds, color=[RED if b else PALETTE[1] for b in bad])
+    ax.bar_label(bars, labels=[f"{s:.1f} s" for s in seconds], fontsize=8, padding=3)
+    ax.set_yticks(y, names)
+    for tick, b in zip(ax.get_yticklabels(), bad, strict=True):
+        if b:
+            tick.set_color(RED)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{column} (s)")
+    ax.margins(x=0.15)
+    return _finish(fig, title, synthetic)
+
+
+def overlaid_curves(histories: Mapping[str, pd.DataFrame], *, metrics: Sequence[str] | None = None,
+                    title: str = "Validation curves of all runs", synthetic: bool = False) -> Figure:
+    """One panel per metric (default ``val_loss`` and the first other validation metric), one line per run."""
+    histories = {k: v for k, v in histories.items() if v is not None and len(v)}
+    if not histories:
+        return _message(title, "no training histories", synthetic=synthetic)
+    if metrics is None:
+        metrics = []
+        for h in histories.values():
+            for base in _metric_bases(h):
+                col = f"val_{base}"
+                if col in h and col not in metrics and (base == "loss" or len(metrics) < 2):
+                    metrics.append(col)
+        metrics = sorted(metrics, key=lambda m: m != "val_loss")[:3]
+    if not metrics:
+        return _message(title, "the histories have no validation metrics", synthetic=synthetic)
+    fig, axes = _figure(1, len(metrics), size=(5.0 * len(metrics), 4.0))
+    for ax, m in zip(axes.flat, metrics, strict=True):
+        for j, (name, h) in enumerate(histories.items()):
+            if m in h:
+                ax.plot(_epochs(h), h[m], "-o", markersize=3, label=name, color=PALETTE[j % len(PALETTE)])
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(m)
+        ax.set_title(m)
+        ax.grid(alpha=0.3)
+    axes[0, -1].legend(fontsize=7, loc="best")
+    return _finish(fig, title, synthetic)
+
+
+# ---------------------------------------------------------------- search
+
+
+def _value_label(value) -> str:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return value
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def search_step(trials: pd.DataFrame, key: str, *, metric: str = "score", title: str | None = None,
+                synthetic: bool = False) -> Figure:
+    """Score of each value tried for ``key`` in a sequential search; the chosen value in red."""
+    title = title or f"Search step: {key}"
+    if "key" not in trials or metric not in trials:
+        raise FacetransferError(f"plots.search_step: trials need columns key, value, {metric}; has {', '.join(map(str, trials.columns))}")
+    part = trials[trials["key"] == key]
+    if part.empty:
+        return _message(title, f"no trials for {key}", synthetic=synthetic)
+    chosen = part["chosen"].fillna(False).astype(bool).to_numpy() if "chosen" in part else np.zeros(len(part), bool)
+    fig, axes = _figure(size=(1.8 + 1.1 * len(part), 3.8))
+    ax = axes[0, 0]
+    x = np.arange(len(part))
+    scores = part[metric].to_numpy(dtype=float)
+    bars = ax.bar(x, scores, color=[RED if c else PALETTE[1] for c in chosen])
+    ax.bar_label(bars, labels=[f"{s:.3f}" for s in scores], fontsize=8)
+    ax.set_xticks(x, [_value_label(v) for v in part["value"]])
+    ax.set_xlabel(key)
+    ax.set_ylabel(metric)
+    ax.margins(y=0.15)
+    if chosen.any():
+        ax.set_title(f"chosen: {key} = {_value_label(part['value'].to_numpy()[chosen][0])}", fontsize=9)
+    return _finish(fig, title, synthetic)
+
+
+def search_history(trials: pd.DataFrame, *, metric: str = "score", higher_is_better: bool = True,
+                   title: str = "Optuna search", synthetic: bool = False) -> Figure:
+    """Score of each trial in order, with the best so far."""
+    if trials is None or len(trials) == 0:
+        return _message(title, "no trials", synthetic=synthetic)
+    x = trials["trial"].to_numpy() if "trial" in trials else np.arange(len(trials))
+    scores = trials[metric].to_numpy(dtype=float)
+    best = np.maximum.accumulate(scores) if higher_is_better else np.minimum.accumulate(scores)
+    fig, axes = _figure(size=(6.4, 3.8))
+    ax = axes[0, 0]
+    ax.plot(x, scores, "o", label="trial", color=PALETTE[1])
+    ax.step(x, best, where="post", color=RED, label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _finish(fig, title, synthetic)

@@ -1,0 +1,274 @@
+"""Every figure renders on small fake inputs of the shapes the library produces."""
+
+import io
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from facetransfer import plots  # noqa: E402
+from facetransfer.errors import FacetransferError  # noqa: E402
+
+RNG = np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def no_open_pyplot_figures():
+    plt.close("all")
+    yield
+    assert plt.get_fignums() == [], "a plot function left a pyplot figure open"
+
+
+def render(fig) -> Figure:
+    """Draw the figure to PNG bytes (catches errors that only show at draw time)."""
+    assert isinstance(fig, Figure)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=40)
+    assert buf.getvalue()[:4] == b"\x89PNG"
+    return fig
+
+
+def visible_axes(fig):
+    return [ax for ax in fig.axes if ax.axison]
+
+
+def suptitle(fig) -> str:
+    return fig._suptitle.get_text() if fig._suptitle is not None else ""
+
+
+def images(n, size=16):
+    return RNG.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+
+
+def records(n=40):
+    gender = RNG.integers(0, 2, n)
+    return pd.DataFrame({
+        "path": [f"/d/{i:06d}.jpg" for i in range(n)],
+        "gender": gender,
+        "age": RNG.integers(1, 90, n).astype(float),
+        "age_group": pd.array([pd.NA] * n, dtype="Int64"),
+        "subject": pd.array([pd.NA] * n, dtype="string"),
+        "split": RNG.choice(["train", "val", "test"], n),
+        "Young": RNG.integers(0, 2, n),
+        "Eyeglasses": RNG.integers(0, 2, n),
+        "Smiling": (gender ^ RNG.integers(0, 2, n)),
+    })
+
+
+def test_sample_grid_one_axes_per_image_with_captions_and_watermark():
+    fig = render(plots.sample_grid(images(5), [0, 1, 1, "x", 0], ncols=3, synthetic=True))
+    axes = visible_axes(fig)
+    assert len(axes) == 5
+    assert [ax.get_title() for ax in axes] == ["female", "male", "male", "x", "female"]
+    assert "SYNTHETIC DATA" in suptitle(fig)
+    assert any(t.get_text() == "SYNTHETIC DATA" for t in fig.texts)
+
+
+def test_sample_grid_without_synthetic_has_no_watermark_and_rejects_length_mismatch():
+    fig = render(plots.sample_grid(images(2), ["a", "b"]))
+    assert "SYNTHETIC" not in suptitle(fig)
+    assert not [t for t in fig.texts if t.get_text() == "SYNTHETIC DATA"]
+    with pytest.raises(FacetransferError, match="lengths differ"):
+        plots.sample_grid(images(3), ["a"])
+
+
+def test_class_balance_from_records_and_from_counts():
+    recs = records()
+    fig = render(plots.class_balance(recs))
+    ax = fig.axes[0]
+    assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == ["train", "val", "test"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["female", "male"]
+    heights = sorted(int(p.get_height()) for p in ax.patches)
+    expected = sorted(pd.crosstab(recs["split"], recs["gender"]).to_numpy().ravel())
+    assert heights == expected
+    fig = render(plots.class_balance({"train": {"female": 3, "male": 5}, "test": {"female": 1, "male": 1}}))
+    assert sorted(int(p.get_height()) for p in fig.axes[0].patches) == [1, 1, 3, 5]
+
+
+def test_attribute_correlation_heatmap_and_no_attribute_message():
+    recs = records()
+    fig = render(plots.attribute_correlation(recs, synthetic=True))
+    ax = fig.axes[0]
+    names = [t.get_text() for t in ax.get_xticklabels()]
+    assert names == ["Young", "Eyeglasses", "Smiling", "male"]
+    assert plots.binary_attributes(recs) == ["Young", "Eyeglasses", "Smiling"]
+    fig = render(plots.attribute_correlation(recs[["path", "gender", "age"]]))
+    assert "fewer than two" in fig.axes[0].texts[0].get_text()
+    with pytest.raises(FacetransferError, match="Bald"):
+        plots.attribute_correlation(recs, ["Bald"])
+
+
+def test_age_histogram_by_gender_groups_and_without_ages():
+    recs = records()
+    fig = render(plots.age_histogram(recs))
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    n_f, n_m = int((recs.gender == 0).sum()), int((recs.gender == 1).sum())
+    assert labels == [f"female (n={n_f})", f"male (n={n_m})"]
+    adience = recs.drop(columns="age").assign(age_group=RNG.integers(0, 8, len(recs)))
+    fig = render(plots.age_histogram(adience))
+    assert fig.axes[0].get_xlabel() == "age group (years)"
+    fig = render(plots.age_histogram(recs.drop(columns="age")))
+    assert fig.axes[0].texts[0].get_text() == "this dataset has no ages"
+
+
+def test_image_sizes_from_table_and_from_files(tmp_path):
+    from PIL import Image
+
+    fig = render(plots.image_sizes(pd.DataFrame({"width": [178, 178, 200], "height": [218, 218, 200]}), target=64))
+    assert len(fig.axes) == 2
+    assert fig.axes[0].get_title() == "2 distinct sizes"
+    paths = []
+    for i, (w, h) in enumerate([(30, 40), (30, 40), (50, 50)]):
+        p = tmp_path / f"{i}.jpg"
+        Image.new("RGB", (w, h)).save(p)
+        paths.append(str(p))
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    fig = render(plots.image_sizes(paths + [str(tmp_path / "bad.jpg")], limit=10))
+    assert "n=3" in suptitle(fig) and "1 unreadable" in suptitle(fig)
+
+
+def test_quarantine_table_counts_by_reason():
+    q = pd.DataFrame({
+        "path": ["/a/1.jpg", "/a/2.jpg", "/a/3.jpg"],
+        "reason": ["bad name", "bad name", "cannot decode"],
+        "stage": ["load", "load", "decode"],
+    })
+    table = plots.quarantine_table(q)
+    assert list(table.columns) == ["stage", "reason", "count", "example"]
+    assert table.to_dict("records")[0] == {"stage": "load", "reason": "bad name", "count": 2, "example": "1.jpg"}
+    assert plots.quarantine_table([]).empty
+    assert plots.quarantine_table([{"path": "x", "reason": "r"}])["count"].tolist() == [1]
+
+
+def history(n=4, phases=("head", "fine_tune")):
+    phase = [phases[0]] * (n // 2) + [phases[-1]] * (n - n // 2)
+    return pd.DataFrame({
+        "epoch": np.arange(1, n + 1), "phase": phase,
+        "loss": np.linspace(1, 0.3, n), "val_loss": np.linspace(1.1, 0.5, n),
+        "accuracy": np.linspace(0.5, 0.9, n), "val_accuracy": np.linspace(0.5, 0.8, n),
+        "lr": [1e-3] * n, "seconds": [1.0] * n,
+    })
+
+
+def test_training_curves_loss_and_metric_panels_with_phase_boundary():
+    fig = render(plots.training_curves(history()))
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "accuracy"]
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.get_lines()][:2] == ["train", "validation"]
+    assert len(ax.get_lines()) == 3  # train, val, the phase boundary
+    multi = pd.DataFrame({"epoch": [1, 2], "loss": [1, 0.5], "val_loss": [1, 0.6], "gender_loss": [0.6, 0.3],
+                          "val_gender_accuracy": [0.6, 0.7], "age_mae": [9.0, 7.0], "val_age_mae": [10.0, 8.0]})
+    fig = render(plots.training_curves(multi))
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "gender_accuracy", "age_mae"]
+
+
+def test_confusion_matrix_counts_and_row_percentages():
+    fig = render(plots.confusion_matrix([[8, 2], [1, 9]]))
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts == ["8\n80.0%", "2\n20.0%", "1\n10.0%", "9\n90.0%"]
+    assert fig.axes[0].get_xlabel() == "predicted" and fig.axes[0].get_ylabel() == "true"
+    assert fig.axes[0].get_title() == "n=20, accuracy 85.0%"
+    with pytest.raises(FacetransferError, match="2x2"):
+        plots.confusion_matrix(np.ones((3, 3)))
+
+
+def test_misclassified_grid_captions_and_empty_case():
+    fig = render(plots.misclassified_grid(images(3), [0, 1, 0], [1, 0, 1], [0.9, 0.2, 0.7], ncols=2))
+    axes = visible_axes(fig)
+    assert len(axes) == 3
+    assert axes[0].get_title() == "true female\npred male (0.90)"
+    fig = render(plots.misclassified_grid(images(0), [], [], []))
+    assert "no misclassified" in fig.axes[0].texts[0].get_text()
+
+
+def test_saliency_grid_pairs_image_and_overlay():
+    fig = render(plots.saliency_grid(images(3), RNG.random((3, 4, 4)), ["a", "b", "c"], ncols=2))
+    titles = [ax.get_title() for ax in fig.axes if ax.images]
+    assert titles == ["a", "saliency", "b", "saliency", "c", "saliency"]
+
+
+def comparison():
+    return pd.DataFrame({
+        "name": ["frozen", "full", "scratch"],
+        "accuracy": [0.8, 0.85, 0.5], "accuracy_lo": [0.75, 0.8, 0.45], "accuracy_hi": [0.85, 0.9, 0.55],
+        "precision": [0.8, 0.84, 0.0], "recall": [0.79, 0.86, 0.0], "f1": [0.8, 0.85, 0.33],
+        "train_seconds": [3.0, 12.5, 4.0], "degenerate": [False, False, True],
+    })
+
+
+def test_metric_bars_marks_degenerate_runs_in_red():
+    fig = render(plots.metric_bars(comparison()))
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["accuracy", "precision", "recall", "f1"]
+    labels = ax.get_yticklabels()
+    assert [t.get_text() for t in labels] == ["frozen", "full", "scratch (degenerate)"]
+    assert labels[2].get_color() == plots.RED and labels[0].get_color() != plots.RED
+    with pytest.raises(FacetransferError, match="mae"):
+        plots.metric_bars(comparison(), metrics=["mae"])
+
+
+def test_time_comparison_bars_in_seconds():
+    fig = render(plots.time_comparison(comparison()))
+    ax = fig.axes[0]
+    assert [round(p.get_width(), 1) for p in ax.patches] == [3.0, 12.5, 4.0]
+    assert ax.get_xlabel() == "train_seconds (s)"
+
+
+def test_overlaid_curves_one_line_per_run():
+    fig = render(plots.overlaid_curves({"a": history(), "b": history(3, ("full",))}))
+    assert [ax.get_title() for ax in fig.axes] == ["val_loss", "val_accuracy"]
+    assert [line.get_label() for line in fig.axes[0].get_lines()] == ["a", "b"]
+
+
+def test_reliability_diagram_single_and_overlaid():
+    bins = pd.DataFrame({"confidence": [0.1, 0.5, 0.9], "accuracy": [0.2, 0.5, 0.8], "count": [5, 0, 7]})
+    bins.attrs["ece"] = 0.05
+    fig = render(plots.reliability_diagram(bins))
+    assert len(fig.axes) == 2
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["perfect calibration", "model (ECE 0.050)"]
+    fig = render(plots.reliability_diagram({"a": bins, "b": bins}))
+    assert len(fig.axes[0].get_lines()) == 3
+    with pytest.raises(FacetransferError, match="confidence"):
+        plots.reliability_diagram(pd.DataFrame({"x": [1]}))
+
+
+def test_subgroup_bars_per_group_and_per_run():
+    table = pd.DataFrame({"attribute": ["Young", "Young"], "group": [0, 1], "n": [10, 30],
+                          "accuracy": [0.7, 0.9], "accuracy_lo": [0.6, 0.8], "accuracy_hi": [0.8, 0.95]})
+    fig = render(plots.subgroup_bars(table))
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["Young = 0", "Young = 1"]
+    runs = pd.concat([table.assign(run="a"), table.assign(run="b")])
+    fig = render(plots.subgroup_bars(runs))
+    assert len(fig.axes[0].patches) == 4
+    fig = render(plots.subgroup_bars(table.iloc[:0]))
+    assert "no subgroups" in fig.axes[0].texts[0].get_text()
+
+
+def test_search_step_and_history():
+    trials = pd.DataFrame({
+        "step": [1, 1, 2, 2], "key": ["train.batch_size"] * 2 + ["train.learning_rate"] * 2,
+        "value": ["16", "32", "0.001", "0.0003"], "score": [0.6, 0.7, 0.72, 0.65],
+        "chosen": [False, True, True, False],
+    })
+    fig = render(plots.search_step(trials, "train.learning_rate"))
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.001", "0.0003"]
+    assert ax.get_title() == "chosen: train.learning_rate = 0.001"
+    assert ax.patches[0].get_facecolor()[:3] == matplotlib.colors.to_rgb(plots.RED)
+    fig = render(plots.search_history(pd.DataFrame({"trial": [0, 1, 2], "score": [0.5, 0.7, 0.6]})))
+    best = fig.axes[0].get_lines()[1].get_ydata()
+    assert list(best) == [0.5, 0.7, 0.7]
+
+
+def test_augmentation_examples_draws_from_the_training_feeder():
+    pytest.importorskip("facetransfer.feeder")
+    img = images(1, size=32)[0]
+    fig = render(plots.augmentation_examples(img, {"flip": True, "rotation": 0.1, "zoom": 0.1}, n=5))
+    assert len(visible_axes(fig)) == 6
+    fig = render(plots.augmentation_examples(img, None))
+    assert "off" in fig.axes[0].texts[0].get_text()
