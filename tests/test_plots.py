@@ -225,23 +225,38 @@ def test_overlaid_curves_one_line_per_run():
     assert [line.get_label() for line in fig.axes[0].get_lines()] == ["a", "b"]
 
 
-def test_reliability_diagram_single_and_overlaid():
-    bins = pd.DataFrame({"confidence": [0.1, 0.5, 0.9], "accuracy": [0.2, 0.5, 0.8], "count": [5, 0, 7]})
+def predictions(n=60):
+    y = RNG.integers(0, 2, n)
+    prob = np.clip(0.3 * y + 0.7 * RNG.random(n), 0, 1)
+    return pd.DataFrame({"y_true": y, "prob": prob, "y_pred": (prob >= 0.5).astype(int),
+                         "Young": RNG.integers(0, 2, n)})
+
+
+def test_reliability_diagram_from_the_stats_table_single_and_overlaid():
+    from facetransfer import stats
+
+    pred = predictions()
+    bins = stats.reliability_table(pred["y_true"], pred["prob"], n_bins=5)
     bins.attrs["ece"] = 0.05
     fig = render(plots.reliability_diagram(bins))
     assert len(fig.axes) == 2
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["perfect calibration", "model (ECE 0.050)"]
+    assert sum(p.get_height() for p in fig.axes[1].patches) == len(pred)
     fig = render(plots.reliability_diagram({"a": bins, "b": bins}))
     assert len(fig.axes[0].get_lines()) == 3
-    with pytest.raises(FacetransferError, match="confidence"):
+    with pytest.raises(FacetransferError, match="mean_confidence"):
         plots.reliability_diagram(pd.DataFrame({"x": [1]}))
 
 
-def test_subgroup_bars_per_group_and_per_run():
-    table = pd.DataFrame({"attribute": ["Young", "Young"], "group": [0, 1], "n": [10, 30],
-                          "accuracy": [0.7, 0.9], "accuracy_lo": [0.6, 0.8], "accuracy_hi": [0.8, 0.95]})
+def test_subgroup_bars_from_the_stats_table_per_group_and_per_run():
+    from facetransfer import stats
+
+    table = stats.subgroup_metrics(predictions(), "Young").sort_values("group")
     fig = render(plots.subgroup_bars(table))
-    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["Young = 0", "Young = 1"]
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["Young = 0", "Young = 1"]
+    assert [round(p.get_width(), 6) for p in ax.patches] == [round(a, 6) for a in table["accuracy"]]
+    assert len(ax.lines) + len(ax.collections) > 0  # the CI error bars
     runs = pd.concat([table.assign(run="a"), table.assign(run="b")])
     fig = render(plots.subgroup_bars(runs))
     assert len(fig.axes[0].patches) == 4
@@ -249,7 +264,9 @@ def test_subgroup_bars_per_group_and_per_run():
     assert "no subgroups" in fig.axes[0].texts[0].get_text()
 
 
-def test_search_step_and_history():
+def test_search_step_steps_and_history():
+    from facetransfer.search import SearchResult
+
     trials = pd.DataFrame({
         "step": [1, 1, 2, 2], "key": ["train.batch_size"] * 2 + ["train.learning_rate"] * 2,
         "value": ["16", "32", "0.001", "0.0003"], "score": [0.6, 0.7, 0.72, 0.65],
@@ -258,17 +275,69 @@ def test_search_step_and_history():
     fig = render(plots.search_step(trials, "train.learning_rate"))
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["0.001", "0.0003"]
-    assert ax.get_title() == "chosen: train.learning_rate = 0.001"
+    assert ax.get_title() == "chosen: 0.001"
     assert ax.patches[0].get_facecolor()[:3] == matplotlib.colors.to_rgb(plots.RED)
-    fig = render(plots.search_history(pd.DataFrame({"trial": [0, 1, 2], "score": [0.5, 0.7, 0.6]})))
-    best = fig.axes[0].get_lines()[1].get_ydata()
-    assert list(best) == [0.5, 0.7, 0.7]
+    result = SearchResult("sequential", "val.accuracy", trials, {"train.batch_size": 32}, 0.72)
+    fig = render(plots.search_steps(result))
+    assert [ax.get_xlabel() for ax in fig.axes] == ["train.batch_size", "train.learning_rate"]
+    assert fig.axes[0].get_ylabel() == "val.accuracy"
+    history = pd.DataFrame({"trial": [0, 1, 2], "score": [0.5, 0.4, 0.6]})
+    fig = render(plots.search_history(SearchResult("optuna-tpe", "val.loss", history, {}, 0.4)))
+    assert list(fig.axes[0].get_lines()[1].get_ydata()) == [0.5, 0.4, 0.4]  # lower loss is better
+    fig = render(plots.search_history(history))
+    assert list(fig.axes[0].get_lines()[1].get_ydata()) == [0.5, 0.5, 0.6]
+    assert "no Optuna" in plots.search_history(None).axes[0].texts[0].get_text()
+    with pytest.raises(FacetransferError, match="missing score"):
+        plots.search_steps(trials.drop(columns="score"))
+
+
+def test_tables_for_notebook_steps():
+    prov = {"dataset": "celeba", "synthetic": True, "n_records": 10, "split_counts": {"train": 8}}
+    html = plots.provenance_table(prov).to_html()
+    assert "SYNTHETIC DATA" in html
+    assert "train" in html and "celeba" in html
+    assert "SYNTHETIC" not in plots.provenance_table({**prov, "synthetic": False}).to_html()
+    table = plots.params_table({"seed": 0, "model": {"head": {"dense": [64]}}})
+    assert table.to_dict("records") == [{"param": "seed", "value": "0"}, {"param": "model.head.dense", "value": "[64]"}]
+    metrics = {"val": None, "test": {"accuracy": 0.8, "precision": {"female": 0.7, "male": 0.9},
+                                     "recall": {"female": 0.9, "male": 0.7}, "f1": {"female": 0.8, "male": 0.8},
+                                     "support": {"female": 5, "male": 5}, "confusion_matrix": [[1, 0], [0, 1]]}}
+    assert plots.metrics_table(metrics).to_dict() == {"test": {"accuracy": 0.8}}
+    report = plots.class_report(metrics["test"])
+    assert list(report.index) == ["female", "male"] and report.loc["male", "precision"] == 0.9
+
+
+def test_misclassified_rows_orders_by_confidence_and_by_age_error():
+    pred = pd.DataFrame({"split": ["test"] * 4 + ["val"], "row": [0, 1, 2, 3, 4], "y_true": [0, 1, 1, 0, 0],
+                         "prob": [0.6, 0.1, 0.8, 0.95, 0.99], "y_pred": [1, 0, 1, 1, 1]})
+    pred["correct"] = pred["y_true"] == pred["y_pred"]
+    rows = plots.misclassified_rows(pred, 5)
+    assert rows["row"].tolist() == [3, 1, 0]
+    assert np.allclose(rows["confidence"], [0.95, 0.9, 0.6])
+    age = pd.DataFrame({"split": ["test"] * 3, "row": [0, 1, 2], "y_true": [30.0, 40, 50], "y_pred": [31.0, 60, 45]})
+    age["abs_error"] = (age.y_true - age.y_pred).abs()
+    assert plots.misclassified_rows(age, 2)["row"].tolist() == [1, 2]
+
+
+def test_calibration_and_subgroup_table_from_predictions():
+    pred = predictions().assign(split="test")
+    pred["correct"] = pred["y_true"] == pred["y_pred"]
+    fig = render(plots.calibration(pred, task="gender"))
+    assert "ECE" in fig.axes[0].get_legend().get_texts()[1].get_text()
+    table = plots.subgroup_table(pred, ["Young"], task="gender")
+    assert set(table["group"]) == {0, 1} and table["n"].sum() == len(pred)
+    assert table["gap"].iloc[0] == pytest.approx(table["accuracy"].max() - table["accuracy"].min())
+    assert "age in years" in plots.calibration(pred, task="age").axes[0].texts[0].get_text()
 
 
 def test_augmentation_examples_draws_from_the_training_feeder():
-    pytest.importorskip("facetransfer.feeder")
     img = images(1, size=32)[0]
     fig = render(plots.augmentation_examples(img, {"flip": True, "rotation": 0.1, "zoom": 0.1}, n=5))
-    assert len(visible_axes(fig)) == 6
+    axes = visible_axes(fig)
+    assert len(axes) == 6
+    assert np.array_equal(axes[0].images[0].get_array(), img)
+    drawn = [np.asarray(ax.images[0].get_array()) for ax in axes[1:]]
+    assert all(d.shape == img.shape for d in drawn)
+    assert any(not np.array_equal(d, img) for d in drawn)
     fig = render(plots.augmentation_examples(img, None))
     assert "off" in fig.axes[0].texts[0].get_text()

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from facetransfer.errors import FacetransferError
 
 CLASS_NAMES = ("female", "male")
+ADIENCE_GROUPS = ("0-2", "4-6", "8-12", "15-20", "25-32", "38-43", "48-53", "60-100")
 SYNTHETIC_LABEL = "SYNTHETIC DATA"
 SYNTHETIC_NOTE = "SYNTHETIC DATA: generated faces, not real people"
 # Columns of the records table that are not binary attributes.
@@ -106,14 +107,18 @@ def _degenerate(table: pd.DataFrame) -> np.ndarray:
 
 
 def _ci_columns(table: pd.DataFrame, metric: str) -> tuple[str, str] | None:
-    for lo, hi in ((f"{metric}_lo", f"{metric}_hi"), (f"{metric}_ci_low", f"{metric}_ci_high")):
+    """CI columns ``<metric>_lo/_hi`` (``acc_lo/acc_hi`` for accuracy, as stats writes them)."""
+    short = "acc" if metric == "accuracy" else metric
+    for lo, hi in ((f"{metric}_lo", f"{metric}_hi"), (f"{short}_lo", f"{short}_hi")):
         if lo in table and hi in table:
             return lo, hi
     return None
 
 
 def _class_name(value, labels: Sequence[str] | None) -> str:
-    if labels is not None and value is not None and not pd.isna(value) and float(value).is_integer():
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return "unknown"
+    if labels is not None and not isinstance(value, str) and float(value).is_integer():
         i = int(value)
         if 0 <= i < len(labels):
             return labels[i]
@@ -262,9 +267,6 @@ def age_histogram(records: pd.DataFrame, *, bins=None, labels: Sequence[str] = C
     ax.set_ylabel("images")
     ax.legend(title="gender")
     return _finish(fig, title, synthetic)
-
-
-ADIENCE_GROUPS = ("0-2", "4-6", "8-12", "15-20", "25-32", "38-43", "48-53", "60-100")
 
 
 def _read_sizes(paths: Sequence[str], limit: int, seed: int) -> tuple[pd.DataFrame, int, int]:
@@ -497,8 +499,8 @@ def reliability_diagram(table, *, title: str = "Reliability diagram", synthetic:
     """Observed frequency vs mean predicted probability per bin, and the bin counts.
 
     ``table`` (or ``{name: table}`` to overlay runs) has one row per bin with the mean
-    predicted probability (``confidence``, ``mean_prob`` or ``prob``), the observed
-    frequency (``accuracy``, ``frequency``, ``observed`` or ``frac_pos``) and ``count``.
+    predicted probability (``mean_confidence``, as :func:`facetransfer.stats.reliability_table`
+    writes it, or ``confidence``), the observed frequency (``accuracy``) and ``count``.
     An ``ece`` entry in ``table.attrs`` goes into the legend.
     """
     tables = dict(table) if isinstance(table, Mapping) else {"": table}
@@ -507,8 +509,8 @@ def reliability_diagram(table, *, title: str = "Reliability diagram", synthetic:
     top.plot([0, 1], [0, 1], ":", color="gray", label="perfect calibration")
     width = 0.8 / max(1, len(tables)) / 10
     for j, (name, t) in enumerate(tables.items()):
-        x_col = _pick_column(t, ("confidence", "mean_prob", "prob", "mean_predicted"), "reliability_diagram")
-        y_col = _pick_column(t, ("accuracy", "frequency", "observed", "frac_pos", "fraction_positive"), "reliability_diagram")
+        x_col = _pick_column(t, ("mean_confidence", "confidence", "mean_prob"), "reliability_diagram")
+        y_col = _pick_column(t, ("accuracy", "frequency", "observed"), "reliability_diagram")
         t = t[t["count"] > 0] if "count" in t else t
         label = name or "model"
         if "ece" in t.attrs:
@@ -566,7 +568,8 @@ def subgroup_bars(table: pd.DataFrame, *, metric: str = "accuracy", title: str =
     ax.set_yticks(np.arange(len(groups)), groups)
     ax.invert_yaxis()
     ax.set_xlabel(metric)
-    ax.set_xlim(0, min(1.25, max(1.0, float(frame[metric].max()) * 1.25)) if frame[metric].max() <= 1 else None)
+    if frame[metric].max() <= 1:
+        ax.set_xlim(0, 1.25)
     if len(runs) > 1:
         ax.legend(fontsize=8)
     return _finish(fig, title, synthetic)
@@ -684,20 +687,17 @@ def _value_label(value) -> str:
     return str(value)
 
 
-def search_step(trials: pd.DataFrame, key: str, *, metric: str = "score", title: str | None = None,
-                synthetic: bool = False) -> Figure:
-    """Score of each value tried for ``key`` in a sequential search; the chosen value in red."""
-    title = title or f"Search step: {key}"
-    if "key" not in trials or metric not in trials:
-        raise FacetransferError(f"plots.search_step: trials need columns key, value, {metric}; has {', '.join(map(str, trials.columns))}")
-    part = trials[trials["key"] == key]
-    if part.empty:
-        return _message(title, f"no trials for {key}", synthetic=synthetic)
+def _trials(result) -> tuple[pd.DataFrame, str | None]:
+    """(trials table, metric name) from a SearchResult or a bare trials table."""
+    if isinstance(result, pd.DataFrame):
+        return result, None
+    return result.trials, result.metric
+
+
+def _draw_step(ax, part: pd.DataFrame, key: str, metric: str) -> None:
     chosen = part["chosen"].fillna(False).astype(bool).to_numpy() if "chosen" in part else np.zeros(len(part), bool)
-    fig, axes = _figure(size=(1.8 + 1.1 * len(part), 3.8))
-    ax = axes[0, 0]
     x = np.arange(len(part))
-    scores = part[metric].to_numpy(dtype=float)
+    scores = part["score"].to_numpy(dtype=float)
     bars = ax.bar(x, scores, color=[RED if c else PALETTE[1] for c in chosen])
     ax.bar_label(bars, labels=[f"{s:.3f}" for s in scores], fontsize=8)
     ax.set_xticks(x, [_value_label(v) for v in part["value"]])
@@ -705,24 +705,239 @@ def search_step(trials: pd.DataFrame, key: str, *, metric: str = "score", title:
     ax.set_ylabel(metric)
     ax.margins(y=0.15)
     if chosen.any():
-        ax.set_title(f"chosen: {key} = {_value_label(part['value'].to_numpy()[chosen][0])}", fontsize=9)
+        ax.set_title(f"chosen: {_value_label(part['value'].to_numpy()[chosen][0])}", fontsize=9)
+
+
+def _check_trials(trials: pd.DataFrame, needed: Sequence[str], where: str) -> None:
+    missing = [c for c in needed if c not in trials]
+    if missing:
+        raise FacetransferError(f"plots.{where}: trials need columns {', '.join(needed)}; missing {', '.join(missing)}")
+
+
+def search_step(result, key: str, *, title: str | None = None, synthetic: bool = False) -> Figure:
+    """Score of each value tried for ``key`` in a sequential search; the chosen value in red.
+
+    ``result``: a :class:`facetransfer.search.SearchResult` or its ``trials`` table.
+    """
+    trials, metric = _trials(result)
+    title = title or f"Search step: {key}"
+    _check_trials(trials, ("key", "value", "score"), "search_step")
+    part = trials[trials["key"] == key]
+    if part.empty:
+        return _message(title, f"no trials for {key}", synthetic=synthetic)
+    fig, axes = _figure(size=(1.8 + 1.1 * len(part), 3.8))
+    _draw_step(axes[0, 0], part, key, metric or "score")
     return _finish(fig, title, synthetic)
 
 
-def search_history(trials: pd.DataFrame, *, metric: str = "score", higher_is_better: bool = True,
-                   title: str = "Optuna search", synthetic: bool = False) -> Figure:
-    """Score of each trial in order, with the best so far."""
+def search_steps(result, *, title: str = "Sequential search: each step keeps the best value (red)",
+                 synthetic: bool = False) -> Figure:
+    """One panel per step of a sequential search (see :func:`search_step`)."""
+    trials, metric = _trials(result)
+    if trials is None or len(trials) == 0:
+        return _message(title, "no sequential search steps", synthetic=synthetic)
+    _check_trials(trials, ("key", "value", "score"), "search_steps")
+    keys = list(dict.fromkeys(trials["key"]))
+    widths = [max(2, (trials["key"] == k).sum()) for k in keys]
+    fig, axes = _figure(1, len(keys), size=(1.6 * len(keys) + 0.9 * sum(widths), 3.8),
+                        gridspec_kw={"width_ratios": widths})
+    for i, (ax, key) in enumerate(zip(axes.flat, keys, strict=True)):
+        _draw_step(ax, trials[trials["key"] == key], key, metric or "score")
+        if i:
+            ax.set_ylabel("")
+    return _finish(fig, title, synthetic)
+
+
+def search_history(result, *, higher_is_better: bool | None = None, title: str = "Optuna search",
+                   synthetic: bool = False) -> Figure:
+    """Score of each trial in order, with the best so far.
+
+    ``result``: a SearchResult (its metric decides the direction) or a trials table
+    (then ``higher_is_better`` defaults to True). ``None`` (no search run) → a note.
+    """
+    if result is None:
+        return _message(title, "no Optuna search (the study's search section has no optuna part)", synthetic=synthetic)
+    trials, metric = _trials(result)
     if trials is None or len(trials) == 0:
         return _message(title, "no trials", synthetic=synthetic)
+    _check_trials(trials, ("score",), "search_history")
+    if higher_is_better is None:
+        from facetransfer.search import METRICS
+
+        higher_is_better = METRICS[metric][1] if metric in METRICS else True
     x = trials["trial"].to_numpy() if "trial" in trials else np.arange(len(trials))
-    scores = trials[metric].to_numpy(dtype=float)
-    best = np.maximum.accumulate(scores) if higher_is_better else np.minimum.accumulate(scores)
+    scores = trials["score"].to_numpy(dtype=float)
+    best = np.fmax.accumulate(scores) if higher_is_better else np.fmin.accumulate(scores)
     fig, axes = _figure(size=(6.4, 3.8))
     ax = axes[0, 0]
     ax.plot(x, scores, "o", label="trial", color=PALETTE[1])
     ax.step(x, best, where="post", color=RED, label="best so far")
     ax.set_xlabel("trial")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(metric or "score")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _finish(fig, title, synthetic)
+
+
+# ---------------------------------------------------------------- notebook steps
+#
+# One call per notebook step: these take the library's own objects (PreparedData,
+# Evaluation.predictions, resolved params) and return a table or a figure.
+
+
+def task_labels(task: str) -> tuple[str, ...] | None:
+    """Class names of a task's main output (None for age in years)."""
+    return {"gender": CLASS_NAMES, "age_gender": CLASS_NAMES, "age_group": ADIENCE_GROUPS, "age": None}[task]
+
+
+def provenance_table(provenance: Mapping):
+    """The data's provenance as a two-column table; a red SYNTHETIC banner as its caption."""
+    rows = [(k, v if isinstance(v, (str, int, float, bool)) or v is None else json.dumps(v, default=str))
+            for k, v in provenance.items()]
+    table = pd.DataFrame(rows, columns=["item", "value"]).astype({"value": str})
+    styler = table.style.hide(axis="index")
+    if provenance.get("synthetic"):
+        styler = styler.set_caption(f"⚠ {SYNTHETIC_NOTE}: every number below comes from procedurally drawn faces").set_table_styles(
+            [{"selector": "caption", "props": f"color: {RED}; font-weight: bold; font-size: 1.2em; text-align: left;"}])
+    return styler
+
+
+def params_table(cfg: Mapping) -> pd.DataFrame:
+    """Resolved params as dotted key → value rows."""
+    from facetransfer.params import flatten
+
+    return pd.DataFrame([(k, json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in flatten(cfg).items()],
+                        columns=["param", "value"]).astype({"value": str})
+
+
+def metrics_table(metrics: Mapping) -> pd.DataFrame:
+    """Scalar metrics of each split side by side (``Evaluation.metrics``: {"val": {...}, "test": {...}})."""
+    columns = {}
+    for split, values in metrics.items():
+        if values:
+            columns[split] = {k: v for k, v in values.items() if isinstance(v, (int, float, bool, str)) or v is None}
+    return pd.DataFrame(columns)
+
+
+def class_report(split_metrics: Mapping) -> pd.DataFrame:
+    """Precision, recall, F1 and support per class of one split's metrics."""
+    keys = [k for k in ("precision", "recall", "f1", "support") if isinstance(split_metrics.get(k), Mapping)]
+    if not keys:
+        return pd.DataFrame(columns=["precision", "recall", "f1", "support"])
+    table = pd.DataFrame({k: split_metrics[k] for k in keys})
+    table.index.name = "class"
+    return table
+
+
+def _caption(row, labels) -> str:
+    text = _class_name(row["gender"], CLASS_NAMES) if "gender" in row else ""
+    if "age" in row and pd.notna(row["age"]):
+        text += f", {row['age']:.0f} y"
+    elif "age_group" in row and pd.notna(row["age_group"]):
+        text += f", {_class_name(row['age_group'], ADIENCE_GROUPS)}"
+    return text.strip(", ")
+
+
+def sample_images(data, *, n: int = 16, split: str = "train", seed: int = 0, ncols: int = 8) -> Figure:
+    """A seeded sample of one split's cached images with their labels."""
+    recs = data.records[data.records["split"] == split]
+    picked = recs.sample(n=min(n, len(recs)), random_state=seed)
+    images = data.cache.images[picked["row"].to_numpy()] if len(picked) else []
+    captions = [_caption(row, CLASS_NAMES) for _, row in picked.iterrows()]
+    title = f"{len(picked)} random {split} images ({data.image_size}x{data.image_size} px, as the model sees them)"
+    return sample_grid(images, captions, ncols=ncols, title=title, synthetic=bool(data.dataset.synthetic))
+
+
+def misclassified_rows(predictions: pd.DataFrame, n: int, *, split: str = "test") -> pd.DataFrame:
+    """The ``n`` worst predictions of ``split``: wrong classes, most confident first
+    (column ``confidence`` = the probability given to the wrong class); for age in
+    years, the largest absolute errors."""
+    part = predictions[predictions["split"] == split]
+    if "correct" in part:
+        part = part[~part["correct"].astype(bool)]
+        binary = "prob_0" not in part
+        conf = np.where(part["y_pred"] == 1, part["prob"], 1 - part["prob"]) if binary else part["prob"]
+        part = part.assign(confidence=conf).sort_values("confidence", ascending=False, kind="stable")
+    elif "abs_error" in part:
+        part = part.sort_values("abs_error", ascending=False, kind="stable")
+    else:
+        raise FacetransferError("plots.misclassified_rows: predictions need a 'correct' or an 'abs_error' column (from evaluate_run)")
+    return part.head(n)
+
+
+def misclassified_examples(data, predictions: pd.DataFrame, *, task: str, n: int = 16, split: str = "test",
+                           ncols: int = 8) -> Figure:
+    """The worst ``split`` predictions (see :func:`misclassified_rows`) with their images."""
+    picked = misclassified_rows(predictions, n, split=split)
+    images = data.cache.images[picked["row"].to_numpy()] if len(picked) else []
+    what = "largest age errors" if "confidence" not in picked else "misclassified images, most confident first"
+    return misclassified_grid(images, picked["y_true"].tolist(), picked["y_pred"].tolist(),
+                              picked["confidence"].tolist() if "confidence" in picked else None,
+                              labels=task_labels(task), ncols=ncols, title=f"{split}: {what}",
+                              synthetic=bool(data.dataset.synthetic))
+
+
+def saliency_examples(model, data, predictions: pd.DataFrame, *, task: str, n: int = 8, split: str = "test",
+                      progress: bool = True) -> Figure:
+    """Occlusion maps (:func:`facetransfer.saliency.occlusion_map`) of the worst ``split`` predictions."""
+    title = f"Occlusion saliency of {split} errors: regions whose hiding lowers P(predicted class) most"
+    synthetic = bool(data.dataset.synthetic)
+    if task == "age":
+        return _message(title, "occlusion saliency explains class outputs; this task predicts age in years", synthetic=synthetic)
+    if n == 0:
+        return _message(title, "eval.saliency is 0", synthetic=synthetic)
+    from tqdm.auto import tqdm
+
+    from facetransfer.saliency import occlusion_map
+
+    picked = misclassified_rows(predictions, n, split=split)
+    images = data.cache.images[picked["row"].to_numpy()] if len(picked) else []
+    output = "age_group" if task == "age_group" else "gender"
+    heat = [occlusion_map(model, img, output=output) for img in tqdm(images, desc="saliency", disable=not progress)]
+    labels = task_labels(task)
+    captions = [f"true {_class_name(t, labels)}, pred {_class_name(p, labels)}" for t, p in zip(picked["y_true"], picked["y_pred"], strict=True)]
+    return saliency_grid(images, heat, captions, title=title, synthetic=synthetic)
+
+
+def calibration(predictions: pd.DataFrame, *, task: str, split: str = "test", n_bins: int = 10,
+                synthetic: bool = False) -> Figure:
+    """Reliability diagram of ``split`` (:func:`facetransfer.stats.reliability_table`) with its ECE."""
+    from facetransfer import stats
+
+    title = f"Calibration on {split}"
+    if task == "age":
+        return _message(title, "calibration needs class probabilities; this task predicts age in years", synthetic=synthetic)
+    part = predictions[predictions["split"] == split]
+    if part.empty:
+        return _message(title, f"no {split} predictions", synthetic=synthetic)
+    prob_cols = [c for c in part.columns if c.startswith("prob_")]
+    prob = part[prob_cols].to_numpy() if task == "age_group" else part["prob"].to_numpy()
+    table = stats.reliability_table(part["y_true"].to_numpy(), prob, n_bins)
+    table.attrs["ece"] = stats.expected_calibration_error(part["y_true"].to_numpy(), prob, n_bins)
+    what = "P(male)" if task != "age_group" else "top-class probability"
+    fig = reliability_diagram({f"{split} ({what})": table}, title=title, synthetic=synthetic)
+    return fig
+
+
+def subgroup_table(predictions: pd.DataFrame, columns: Sequence[str], *, task: str, split: str = "test") -> pd.DataFrame:
+    """:func:`facetransfer.stats.subgroup_metrics` of ``split`` for each column, stacked,
+    with the best-minus-worst ``gap`` of each column."""
+    from facetransfer import stats
+
+    part = predictions[predictions["split"] == split]
+    if task == "age":
+        kw = {"y_true": None, "y_pred": None, "age_true": "y_true", "age_pred": "y_pred"}
+    elif task == "age_gender":
+        kw = {"age_true": "age_true", "age_pred": "age_pred"}
+    elif task == "age_group":
+        kw = {"labels": tuple(range(len(ADIENCE_GROUPS)))}
+    else:
+        kw = {"prob": "prob"}
+    tables = []
+    for col in columns:
+        t = stats.subgroup_metrics(part, col, **kw)
+        metric = "mae" if task == "age" else "accuracy"
+        tables.append(t.assign(gap=t.attrs["gap"].get(metric)))
+    if not tables:
+        return pd.DataFrame(columns=["attribute", "group", "n", "accuracy", "acc_lo", "acc_hi", "gap"])
+    return pd.concat(tables, ignore_index=True)
