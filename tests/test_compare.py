@@ -118,7 +118,9 @@ def test_comparison_table(study):
     assert a["precision"] == pytest.approx(skm.precision_score(y, pred_a, average="macro"))
     assert a["train_seconds"] == 75.0 and not a["degenerate"] and math.isnan(a["mae"])
     b = row(table, ids["B"])
-    assert b["degenerate"] and math.isnan(b["precision"])  # "male" never predicted: precision undefined
+    pred_b = (study["prob_b"] >= 0.5).astype(int)
+    assert b["degenerate"] and b["f1"] == pytest.approx(row(runs, ids["B"])["test.f1_macro"])
+    assert b["precision"] == pytest.approx(skm.precision_score(y, pred_b, average="macro", zero_division=0))
     assert row(table, ids["F"])["status"] == "failed" and "boom" in row(table, ids["F"])["note"]
     assert row(table, ids["M"])["status"] == "missing"
 
@@ -250,3 +252,28 @@ def test_aggregate_repeats_and_folds(tmp_path, over):
     assert not_ok == {"model.backbone=vgg16": int(over == "seed"), "model.backbone=resnet50v2": 0}
     with pytest.raises(FacetransferError, match="not a run param"):
         compare.aggregate(compare.load_runs(study_dir), over="fold")
+
+
+def test_age_group_run_multiclass_calibration(tmp_path):
+    study_dir = tmp_path / "groups"
+    rng = np.random.default_rng(2)
+    n = 240
+    y = rng.integers(0, 8, n)
+    logits = rng.normal(0, 1, (n, 8))
+    logits[np.arange(n), y] += 2.0
+    prob = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    params = resolve_run({"task": "age_group", "data": {"dataset": "adience", "root": "/data/adience", "split": {"source": "folds"}},
+                          "eval": {"bootstrap": 100}})
+    rid = run_id(params)
+    frame = pd.DataFrame({"path": [f"p{i}" for i in range(n)], "split": "test", "y_true": y, "y_pred": prob.argmax(1), "prob": prob.max(1)})
+    for k in range(8):
+        frame[f"prob_{k}"] = prob[:, k]
+    atomic_write_csv(study_dir / "runs" / rid / "predictions.csv", frame)
+    atomic_write_json(study_dir / "runs" / rid / "metrics.json", {"run_id": rid, "status": "ok", "params": params, "timing": {"train_seconds": 1.0}})
+    runs = compare.load_runs(study_dir)
+    r = row(compare.comparison_table(runs), rid)
+    assert r["f1"] == pytest.approx(skm.f1_score(y, prob.argmax(1), average="macro"))
+    assert r["recall"] == pytest.approx(skm.recall_score(y, prob.argmax(1), average="macro"))
+    assert math.isnan(r["auc"])
+    cal = compare.calibration_table(row(runs, rid))
+    assert cal.attrs["ece"] == pytest.approx(stats.expected_calibration_error(y, prob))

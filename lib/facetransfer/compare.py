@@ -202,10 +202,6 @@ def prediction_columns(pred: pd.DataFrame, task: str) -> dict:
 
 
 # ---------------------------------------------------------------- the comparison table
-def _labels(kind: str | None) -> tuple:
-    return (0, 1) if kind == "gender" else tuple(range(AGE_GROUPS))
-
-
 def _bootstrap_note(name: str, ci: stats.BootstrapCI) -> str | None:
     if ci.n_boot and ci.n_used < ci.n_boot:
         return f"{name} CI from {ci.n_used}/{ci.n_boot} resamples (others undefined)"
@@ -216,13 +212,15 @@ def _metrics_from_predictions(pred: pd.DataFrame, task: str, n_boot: int, conf: 
     cols = prediction_columns(pred, task)
     out, notes = {"n_test": len(pred)}, []
     if cols["kind"] is not None:
-        labels = _labels(cols["kind"])
         y_true = pred[cols["y_true"]].to_numpy()
         y_pred = pred[cols["y_pred"]].to_numpy()
+        # the classes present in the test set's truth or predictions (as metrics.json),
+        # fixed for every resample: a resample missing one of them is skipped
+        labels = np.union1d(y_true, y_pred).tolist()
         k = int(np.sum(y_true == y_pred))
         out["accuracy"] = k / len(pred)
         out["acc_lo"], out["acc_hi"] = stats.wilson_ci(k, len(pred), conf)
-        out["precision"], out["recall"] = stats.macro_precision_recall(y_true, y_pred, labels)
+        out["precision"], out["recall"] = stats.macro_precision_recall(y_true, y_pred, labels, zero_division=0.0)
         f1 = stats.bootstrap_ci(lambda t, p: stats.f1_macro(t, p, labels), y_true, y_pred, n_boot=n_boot, conf=conf, seed=seed)
         out["f1"], out["f1_lo"], out["f1_hi"] = f1
         notes.append(_bootstrap_note("F1", f1))
@@ -254,9 +252,11 @@ def _metrics_from_json(row: pd.Series, conf: float) -> dict:
         if n:
             out["accuracy"] = k / n
             out["acc_lo"], out["acc_hi"] = stats.wilson_ci(k, n, conf)
+        present = (cm.sum(axis=0) + cm.sum(axis=1)) > 0
         with np.errstate(divide="ignore", invalid="ignore"):
-            out["precision"] = float(np.mean(np.where(cm.sum(0) > 0, np.diag(cm) / cm.sum(0), np.nan)))
-            out["recall"] = float(np.mean(np.where(cm.sum(1) > 0, np.diag(cm) / cm.sum(1), np.nan)))
+            precision = np.where(cm.sum(axis=0) > 0, np.diag(cm) / cm.sum(axis=0), 0.0)
+            recall = np.where(cm.sum(axis=1) > 0, np.diag(cm) / cm.sum(axis=1), 0.0)
+        out["precision"], out["recall"] = float(precision[present].mean()), float(recall[present].mean())
         out["degenerate"] = bool(np.count_nonzero(cm.sum(axis=0)) < 2)
     for src, dst in (("test.f1_macro", "f1"), ("test.auc", "auc"), ("test.mae", "mae")):
         if _present(row.get(src)):
@@ -274,7 +274,10 @@ def comparison_table(runs: pd.DataFrame, *, n_boot: int | None = None, conf: flo
     macro F1, AUC (P(male)) and MAE (age, years) with paired-bootstrap intervals from
     ``predictions.csv``, training time, and the degenerate flag.
 
-    ``n_boot=None`` uses each run's ``eval.bootstrap`` (0 = no bootstrap). Numeric
+    Macro averages run over the classes present in the test set's truth or predictions;
+    an undefined per-class precision (a class never predicted) counts as 0, as in
+    ``metrics.json`` and scikit-learn. ``n_boot=None`` uses each run's ``eval.bootstrap``
+    (0 = no bootstrap). Numeric
     columns: run_id, Run, status, task, n_test, accuracy, acc_lo, acc_hi, precision,
     recall, f1, f1_lo, f1_hi, auc, auc_lo, auc_hi, mae, mae_lo, mae_hi, train_seconds,
     degenerate, note. Runs that did not end ``ok`` keep their row (metrics NaN, the
@@ -408,7 +411,8 @@ def reported_vs_reproduced(runs: pd.DataFrame, reported=None, *, table: pd.DataF
 
     ``reported`` (default: ``runs.attrs["reported"]``, i.e. ``study.json``): a list of
     ``{"match": {dotted.param: value}, "metrics": {"test.accuracy": 0.9397}, "source":
-    "..."}``. Every ``ok`` run matching all ``match`` items gives a row per metric
+    "..."}``; ``match: {name: x}`` matches the run named x or the runs of study group x.
+    Every ``ok`` run matching all ``match`` items gives a row per metric
     (repeats give several rows); an entry that matches no ok run gives a row saying so.
     Columns: config, source, run_id, Run, metric, reported, reproduced, ci_lo, ci_hi,
     CI, inside_ci (True / False; None where no interval exists), difference.
@@ -566,12 +570,17 @@ def _ok_predictions(run) -> tuple[pd.DataFrame, dict, str]:
 
 
 def calibration_table(run, *, n_bins: int = 10) -> pd.DataFrame:
-    """Reliability table of a gender run's test predictions on P(male) (``run``: a row of
-    :func:`load_runs` or a run folder). ``attrs["ece"]``: the expected calibration error."""
+    """Reliability table of a run's test predictions (``run``: a row of :func:`load_runs`
+    or a run folder): on P(male) for gender, on the top probability for age groups (from
+    the ``prob_0`` .. ``prob_7`` columns). ``attrs["ece"]``: the expected calibration error."""
     pred, cols, run_id = _ok_predictions(run)
-    if cols["kind"] != "gender" or cols["prob"] is None:
-        raise FacetransferError(f"run {run_id}: calibration needs gender predictions with a prob (P(male)) column")
-    y_true, prob = pred[cols["y_true"]].to_numpy(), pred[cols["prob"]].to_numpy(dtype=float)
+    if cols["kind"] == "gender" and cols["prob"] is not None:
+        prob = pred[cols["prob"]].to_numpy(dtype=float)
+    elif cols["kind"] == "age_group" and all(f"prob_{k}" in pred.columns for k in range(AGE_GROUPS)):
+        prob = pred[[f"prob_{k}" for k in range(AGE_GROUPS)]].to_numpy(dtype=float)
+    else:
+        raise FacetransferError(f"run {run_id}: calibration needs a prob (P(male)) column, or prob_0..prob_{AGE_GROUPS - 1} for age groups")
+    y_true = pred[cols["y_true"]].to_numpy()
     table = stats.reliability_table(y_true, prob, n_bins)
     table.attrs["ece"] = stats.expected_calibration_error(y_true, prob, n_bins)
     table.attrs["run_id"] = run_id
@@ -594,7 +603,7 @@ def subgroup_table(run, column: str, *, min_n: int = 1, conf: float = 0.95) -> p
         if source is None:
             raise FacetransferError("age_band needs an age (years) column in predictions.csv; none found")
         pred = pred.assign(age_band=stats.age_band(pred[source]))
-    labels = _labels(cols["kind"])
+    labels = np.union1d(pred[cols["y_true"]], pred[cols["y_pred"]]).tolist() if cols["kind"] else ()
     return stats.subgroup_metrics(pred, column, y_true=cols["y_true"], y_pred=cols["y_pred"], prob=cols["prob"],
                                   age_true=cols["age_true"], age_pred=cols["age_pred"], labels=labels, conf=conf, min_n=min_n)
 

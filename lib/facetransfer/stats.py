@@ -130,11 +130,16 @@ def f1_macro(y_true, y_pred, labels: Sequence | None = None) -> float:
     return float(np.mean(2 * tp / denom))
 
 
-def macro_precision_recall(y_true, y_pred, labels: Sequence | None = None) -> tuple[float, float]:
-    """Macro-averaged precision and recall; NaN when one class's value is undefined."""
+def macro_precision_recall(y_true, y_pred, labels: Sequence | None = None, *, zero_division: float = math.nan) -> tuple[float, float]:
+    """Macro-averaged precision and recall over ``labels`` (default: those present).
+
+    A class's undefined value (precision of a class never predicted) counts as
+    ``zero_division``: NaN by default, which makes the average NaN; 0.0 gives
+    scikit-learn's default convention (the one ``metrics.json`` uses).
+    """
     scores = per_class_scores(y_true, y_pred, labels)
-    precision = scores["precision"].mean(skipna=False)
-    recall = scores["recall"].mean(skipna=False)
+    precision = scores["precision"].fillna(zero_division).mean(skipna=False)
+    recall = scores["recall"].fillna(zero_division).mean(skipna=False)
     return float(precision), float(recall)
 
 
