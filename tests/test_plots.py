@@ -121,7 +121,7 @@ def test_image_sizes_from_table_and_from_files(tmp_path):
 
     fig = render(plots.image_sizes(pd.DataFrame({"width": [178, 178, 200], "height": [218, 218, 200]}), target=64))
     assert len(fig.axes) == 2
-    assert fig.axes[0].get_title() == "2 distinct sizes"
+    assert fig.axes[0].get_title() == "distinct sizes: 2"
     paths = []
     for i, (w, h) in enumerate([(30, 40), (30, 40), (50, 50)]):
         p = tmp_path / f"{i}.jpg"

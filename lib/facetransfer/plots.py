@@ -94,7 +94,7 @@ def _label_column(table: pd.DataFrame, label: str | None) -> pd.Series:
         if label not in table:
             raise FacetransferError(f"plots: column {label!r} not in table; columns: {', '.join(map(str, table.columns))}")
         return table[label].astype(str)
-    for name in ("name", "run", "run_id"):
+    for name in ("Run", "label", "name", "run", "run_id"):
         if name in table:
             return table[name].astype(str)
     return pd.Series(table.index.astype(str), index=table.index)
@@ -319,7 +319,7 @@ def image_sizes(sizes, *, target: int | None = None, limit: int = 2000, seed: in
         ax.legend(fontsize=8)
     ax.set_xlabel("width (px)")
     ax.set_ylabel("height (px)")
-    ax.set_title(f"{len(counts)} distinct sizes")
+    ax.set_title(f"distinct sizes: {len(counts)}")
     ax = axes[0, 1]
     ax.hist(table["width"] / table["height"], bins=20, color=PALETTE[2])
     ax.set_xlabel("aspect ratio (width / height)")
@@ -536,42 +536,56 @@ def _pick_column(table: pd.DataFrame, names: Sequence[str], where: str) -> str:
     raise FacetransferError(f"plots.{where}: table needs one of the columns {', '.join(names)}; has {', '.join(map(str, table.columns))}")
 
 
-def subgroup_bars(table: pd.DataFrame, *, metric: str = "accuracy", title: str = "Accuracy by subgroup (test)",
+def subgroup_bars(table: pd.DataFrame, *, metric: str | None = None, title: str | None = None,
                   synthetic: bool = False) -> Figure:
-    """One bar per subgroup (``attribute`` = ``group``), with CIs and n; ``run`` column → bars per run."""
+    """One bar per subgroup (``attribute = group``) with its CI and n; a ``run`` / ``Run``
+    column gives one bar per run. ``metric`` defaults to accuracy (mae for age-only tables).
+
+    Takes :func:`facetransfer.stats.subgroup_metrics` tables (stacked), and
+    :func:`facetransfer.compare.subgroup_gaps` tables (``metric="gap accuracy"``).
+    """
+    if metric is None:
+        metric = "accuracy" if table is not None and "accuracy" in table else "mae"
+    title = title or f"{metric} by subgroup (test)"
     if table is None or len(table) == 0:
         return _message(title, "no subgroups (set eval.subgroups)", synthetic=synthetic)
-    group_col = _pick_column(table, ("group", "value", "subgroup"), "subgroup_bars")
     if metric not in table:
         raise FacetransferError(f"plots.subgroup_bars: metric {metric!r} not in table; columns: {', '.join(map(str, table.columns))}")
-    label = table[group_col].astype(str)
-    if "attribute" in table:
-        label = table["attribute"].astype(str) + " = " + label
-    frame = table.assign(_label=label)
-    runs = list(dict.fromkeys(frame["run"].astype(str))) if "run" in frame else [""]
+    group_col = next((c for c in ("group", "value", "subgroup") if c in table), None)
+    if group_col is None and "attribute" not in table:
+        raise FacetransferError(f"plots.subgroup_bars: table needs a group or attribute column; has {', '.join(map(str, table.columns))}")
+    if group_col is None:
+        label = table["attribute"].astype(str)
+    elif "attribute" in table:
+        label = table["attribute"].astype(str) + " = " + table[group_col].astype(str)
+    else:
+        label = table[group_col].astype(str)
+    run_col = next((c for c in ("run", "Run") if c in table), None)
+    frame = table.assign(_label=label.to_numpy(), _run=table[run_col].astype(str).to_numpy() if run_col else "")
+    runs = list(dict.fromkeys(frame["_run"]))
     groups = list(dict.fromkeys(frame["_label"]))
     ci = _ci_columns(frame, metric)
     height = 0.8 / len(runs)
     fig, axes = _figure(size=(7.5, 1.2 + 0.45 * len(groups) * max(1, len(runs) * 0.6)))
     ax = axes[0, 0]
     for j, run in enumerate(runs):
-        part = frame[frame["run"].astype(str) == run] if run else frame
-        part = part.set_index("_label").reindex(groups)
+        part = frame[frame["_run"] == run].drop_duplicates("_label").set_index("_label").reindex(groups)
+        values = pd.to_numeric(part[metric], errors="coerce").to_numpy(dtype=float)
         y = np.arange(len(groups)) + (j - (len(runs) - 1) / 2) * height
         xerr = None
         if ci is not None:
-            xerr = np.vstack([part[metric] - part[ci[0]], part[ci[1]] - part[metric]]).clip(min=0)
-        bars = ax.barh(y, part[metric], height, xerr=xerr, capsize=2, label=run or None, color=PALETTE[(j + 1) % len(PALETTE)])
+            xerr = np.vstack([values - part[ci[0]].to_numpy(dtype=float), part[ci[1]].to_numpy(dtype=float) - values]).clip(min=0)
+        bars = ax.barh(y, values, height, xerr=xerr, capsize=2, label=run or None, color=PALETTE[(j + 1) % len(PALETTE)])
         if "n" in part:
-            ax.bar_label(bars, labels=[f"{v:.3f} (n={int(k)})" if pd.notna(k) else "" for v, k in zip(part[metric], part["n"], strict=True)],
+            ax.bar_label(bars, labels=[f"{v:.3f} (n={int(k)})" if pd.notna(k) else "" for v, k in zip(values, part["n"], strict=True)],
                          fontsize=7, padding=3)
     ax.set_yticks(np.arange(len(groups)), groups)
     ax.invert_yaxis()
     ax.set_xlabel(metric)
-    if frame[metric].max() <= 1:
-        ax.set_xlim(0, 1.25)
+    if np.nanmax(pd.to_numeric(frame[metric], errors="coerce").to_numpy(dtype=float)) <= 1:
+        ax.set_xlim(0, 1.25 if "n" in frame else 1.0)
     if len(runs) > 1:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _finish(fig, title, synthetic)
 
 
@@ -644,32 +658,46 @@ def time_comparison(table: pd.DataFrame, *, column: str | None = None, label: st
     return _finish(fig, title, synthetic)
 
 
+def _default_curve_metrics(histories: Mapping[str, pd.DataFrame]) -> list[str]:
+    metrics: list[str] = []
+    for h in histories.values():
+        for base in _metric_bases(h):
+            col = f"val_{base}"
+            if col in h and col not in metrics:
+                metrics.append(col)
+    return sorted(metrics, key=lambda m: m != "val_loss")[:3]
+
+
 def overlaid_curves(histories: Mapping[str, pd.DataFrame], *, metrics: Sequence[str] | None = None,
                     title: str = "Validation curves of all runs", synthetic: bool = False) -> Figure:
-    """One panel per metric (default ``val_loss`` and the first other validation metric), one line per run."""
+    """One panel per validation metric, one line per run.
+
+    Histories whose ``attrs["task"]`` differ (e.g. an age source run beside gender runs)
+    get a row of panels each, so losses on different scales never share an axis.
+    ``metrics`` default: ``val_loss`` and up to two other validation metrics per task.
+    """
     histories = {k: v for k, v in histories.items() if v is not None and len(v)}
     if not histories:
         return _message(title, "no training histories", synthetic=synthetic)
-    if metrics is None:
-        metrics = []
-        for h in histories.values():
-            for base in _metric_bases(h):
-                col = f"val_{base}"
-                if col in h and col not in metrics and (base == "loss" or len(metrics) < 2):
-                    metrics.append(col)
-        metrics = sorted(metrics, key=lambda m: m != "val_loss")[:3]
-    if not metrics:
-        return _message(title, "the histories have no validation metrics", synthetic=synthetic)
-    fig, axes = _figure(1, len(metrics), size=(5.0 * len(metrics), 4.0))
-    for ax, m in zip(axes.flat, metrics, strict=True):
-        for j, (name, h) in enumerate(histories.items()):
-            if m in h:
-                ax.plot(_epochs(h), h[m], "-o", markersize=3, label=name, color=PALETTE[j % len(PALETTE)])
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(m)
-        ax.set_title(m)
-        ax.grid(alpha=0.3)
-    axes[0, -1].legend(fontsize=7, loc="best")
+    by_task: dict[str, dict[str, pd.DataFrame]] = {}
+    for name, h in histories.items():
+        by_task.setdefault(str(h.attrs.get("task", "")), {})[name] = h
+    rows = [(task, hs, list(metrics) if metrics is not None else _default_curve_metrics(hs)) for task, hs in by_task.items()]
+    ncols = max(max(len(m) for _, _, m in rows), 1)
+    fig, axes = _figure(len(rows), ncols, size=(4.8 * ncols, 3.8 * len(rows)))
+    for r, (task, hs, ms) in enumerate(rows):
+        for ax in axes[r, len(ms):]:
+            ax.set_axis_off()
+        for ax, m in zip(axes[r], ms, strict=False):
+            for j, (name, h) in enumerate(hs.items()):
+                if m in h:
+                    ax.plot(_epochs(h), h[m], "-o", markersize=3, label=name, color=PALETTE[j % len(PALETTE)])
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(m)
+            ax.set_title(f"{task}: {m}" if task else m)
+            ax.grid(alpha=0.3)
+        if ms:
+            axes[r, len(ms) - 1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _finish(fig, title, synthetic)
 
 
@@ -785,6 +813,13 @@ def search_history(result, *, higher_is_better: bool | None = None, title: str =
 # Evaluation.predictions, resolved params) and return a table or a figure.
 
 
+def _text(value) -> str:
+    """A table cell as text: None as null, containers as JSON (so one column has one type)."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, default=str)
+
+
 def task_labels(task: str) -> tuple[str, ...] | None:
     """Class names of a task's main output (None for age in years)."""
     return {"gender": CLASS_NAMES, "age_gender": CLASS_NAMES, "age_group": ADIENCE_GROUPS, "age": None}[task]
@@ -792,9 +827,7 @@ def task_labels(task: str) -> tuple[str, ...] | None:
 
 def provenance_table(provenance: Mapping):
     """The data's provenance as a two-column table; a red SYNTHETIC banner as its caption."""
-    rows = [(k, v if isinstance(v, (str, int, float, bool)) or v is None else json.dumps(v, default=str))
-            for k, v in provenance.items()]
-    table = pd.DataFrame(rows, columns=["item", "value"]).astype({"value": str})
+    table = pd.DataFrame([(k, _text(v)) for k, v in provenance.items()], columns=["item", "value"])
     styler = table.style.hide(axis="index")
     if provenance.get("synthetic"):
         styler = styler.set_caption(f"⚠ {SYNTHETIC_NOTE}: every number below comes from procedurally drawn faces").set_table_styles(
@@ -806,8 +839,14 @@ def params_table(cfg: Mapping) -> pd.DataFrame:
     """Resolved params as dotted key → value rows."""
     from facetransfer.params import flatten
 
-    return pd.DataFrame([(k, json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in flatten(cfg).items()],
-                        columns=["param", "value"]).astype({"value": str})
+    return pd.DataFrame([(k, _text(v)) for k, v in flatten(cfg).items()], columns=["param", "value"])
+
+
+def info_table(info: Mapping) -> pd.DataFrame:
+    """Any flat or nested dict (e.g. ``models.trainable_summary``) as item → value rows."""
+    from facetransfer.params import flatten
+
+    return pd.DataFrame([(k, _text(v)) for k, v in flatten(info).items()], columns=["item", "value"])
 
 
 def metrics_table(metrics: Mapping) -> pd.DataFrame:
@@ -941,3 +980,84 @@ def subgroup_table(predictions: pd.DataFrame, columns: Sequence[str], *, task: s
     if not tables:
         return pd.DataFrame(columns=["attribute", "group", "n", "accuracy", "acc_lo", "acc_hi", "gap"])
     return pd.concat(tables, ignore_index=True)
+
+
+def timing_table(result) -> pd.DataFrame:
+    """Where the training time went (a :class:`facetransfer.train.TrainResult`)."""
+    t = result.timings
+    epochs = list(t.get("epoch_seconds") or [])
+    rows = [
+        ("train_seconds", round(float(t["train_seconds"]), 2)),
+        ("epochs", len(epochs)),
+        ("mean epoch seconds", round(float(np.mean(epochs)), 2) if epochs else None),
+        ("image cache seconds", round(float(t.get("cache_seconds", 0.0)), 2)),
+        ("feature extraction seconds", round(float(t.get("feature_seconds", 0.0)), 2)),
+        ("trained on cached features", bool(result.used_feature_cache)),
+    ]
+    return pd.DataFrame([(k, _text(v)) for k, v in rows], columns=["item", "value"])
+
+
+def search_summary(results: Sequence) -> pd.DataFrame:
+    """One row per search that ran (``None`` entries are skipped): method, metric,
+    trials, best score and the chosen values."""
+    rows = [{"method": r.method, "metric": r.metric, "trials": len(r.trials), "best score": r.best_score,
+             "chosen values": json.dumps(r.best)} for r in results if r is not None]
+    return pd.DataFrame(rows, columns=["method", "metric", "trials", "best score", "chosen values"])
+
+
+# ---------------------------------------------------------------- 04_compare steps
+
+
+def study_is_synthetic(runs: pd.DataFrame) -> bool:
+    """True when any run of the study (a :func:`facetransfer.compare.load_runs` table) used synthetic data."""
+    cols = [c for c in runs.columns if c.startswith("data.synthetic")]
+    return bool(cols) and bool(runs[cols].notna().any(axis=None))
+
+
+def banner(synthetic: bool, text: str = "every figure and number below comes from procedurally drawn faces"):
+    """A red HTML banner for synthetic data (an empty one otherwise)."""
+    from IPython.display import HTML
+
+    if not synthetic:
+        return HTML("")
+    return HTML(f'<div style="border: 3px solid {RED}; color: {RED}; padding: 8px; font-weight: bold; font-size: 1.2em">'
+                f"⚠ {SYNTHETIC_NOTE}: {text}.</div>")
+
+
+def runs_overview(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs with their status and only the params that differ between them."""
+    from facetransfer.compare import param_columns
+
+    def key(v):
+        return json.dumps(v, sort_keys=True, default=str)
+
+    varying = [c for c in param_columns(runs) if runs[c].map(key).nunique() > 1]
+    cols = [c for c in ("run_id", "label", "status", "error") if c in runs] + varying
+    return runs[cols]
+
+
+def read_histories(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """``{label: history}`` from the ``history.csv`` of every run that ended ok, with
+    ``attrs["task"]`` set. An ok run always has one (``metrics.json`` is written last), so
+    a missing file is an error naming the run folder."""
+    out = {}
+    for _, run in runs[runs["status"] == "ok"].iterrows():
+        path = Path(run["run_dir"]) / "history.csv"
+        if not path.is_file():
+            raise FacetransferError(f"run {run['run_id']} ended ok but {path} is missing; re-run it with --force")
+        h = pd.read_csv(path)
+        h.attrs["task"] = run.get("task", "")
+        out[str(run.get("label", run["run_id"]))] = h
+    return out
+
+
+def run_calibration(runs: pd.DataFrame, *, n_bins: int = 10, synthetic: bool = False) -> Figure:
+    """Reliability diagrams of every ok gender run, overlaid (:func:`facetransfer.compare.calibration_table`)."""
+    from facetransfer.compare import calibration_table
+
+    title = "Calibration of P(male) on the test split"
+    ok = runs[(runs["status"] == "ok") & runs["task"].isin(["gender", "age_gender"])] if "task" in runs else runs.iloc[:0]
+    tables = {str(run["label"]): calibration_table(run, n_bins=n_bins) for _, run in ok.iterrows()}
+    if not tables:
+        return _message(title, "no finished gender runs", synthetic=synthetic)
+    return reliability_diagram(tables, title=title, synthetic=synthetic)
