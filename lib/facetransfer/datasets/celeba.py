@@ -111,9 +111,9 @@ def load(given_root, root: Path, layout: str, *, progress: bool = True) -> commo
     skipped: list[dict] = []
     frame, encoding = common.binary_table(
         rows, header=header, id_index=0, labels=names, source=attributes, skipped=skipped,
-        id_to_path=lambda key: str(images / key),
+        folder=images,
     )  # fmt: skip
-    ids = frame["path"].map(lambda p: Path(p).name)
+    ids = frame["_id"]
     split = _side_column(frame, ids, partition, header=layout == "kaggle-csv")
     bad_split = split.notna() & ~split.isin(PARTITIONS.keys())
     common.add_reason(frame, bad_split, split.map(lambda v: f"{common.BAD_LABEL}: partition={v!r} (allowed 0, 1, 2)"))

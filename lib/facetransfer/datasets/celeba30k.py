@@ -84,7 +84,7 @@ def load(given_root, root: Path, layout: str, *, progress: bool = True) -> commo
     skipped: list[dict] = []
     frame, encoding = common.binary_table(
         rows, header=header, id_index=id_index, labels=LABELS, source=path, skipped=skipped,
-        id_to_path=lambda key: str(images / key),
+        folder=images,
     )  # fmt: skip
     frame["gender"] = frame["Male"]
     info = {"labels_csv": str(path), "images": str(images), "label_encoding": encoding, "name_column": header[id_index]}

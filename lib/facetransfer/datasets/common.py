@@ -25,9 +25,11 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +54,11 @@ NOT_IMAGE = "not an image"
 UNREADABLE = "unreadable file"
 
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
-_BINARY = {"-1": -1, "0": 0, "1": 1, "-1.0": -1, "0.0": 0, "1.0": 1, "+1": 1}
+# Label tokens → codes 0, 1, _MINUS (-1); anything else is _BAD.
+_MINUS, _BAD = 2, 3
+_CODES = {"0": 0, "1": 1, "-1": _MINUS, "0.0": 0, "1.0": 1, "-1.0": _MINUS, "+1": 1}
 _PROGRESS_MIN = 1000  # show a progress bar from this many files on
+_CHUNK = 512  # files per thread task
 
 
 @dataclass
@@ -160,8 +165,10 @@ def text_rows(path: Path, *, delimiter: str | None) -> Iterator[tuple[int, list[
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        fields = line.split() if delimiter is None else line.split(delimiter)
-        yield number, [f.strip() for f in fields]
+        if delimiter is None:
+            yield number, line.split()
+        else:
+            yield number, [f.strip() for f in line.split(delimiter)]
 
 
 def read_header(path: Path) -> list[str]:
@@ -207,48 +214,52 @@ def binary_table(
     labels: Sequence[str],
     source: Path,
     skipped: list[dict],
-    id_to_path: Callable[[str], str],
+    folder: Path,
 ) -> tuple[pd.DataFrame, str]:
     """Binary label rows (values -1/1 or 0/1, detected per file) → 0/1 int8 columns.
 
-    Returns (frame with ``path``, ``_reason`` and the ``labels`` columns, encoding).
+    Returns (frame with ``path`` (``folder``/id), ``_id``, ``_reason`` and the ``labels``
+    columns, encoding).
     A row with the wrong number of fields or a value other than -1, 0, 1 keeps its path
     and gets a reason. A file that uses both -1 and 0 cannot be read without guessing
     and raises DataError. Rows without an id go straight to ``skipped``.
     """
-    label_index = [header.index(name) for name in labels]
-    paths: list[str] = []
+    k = len(labels)
+    pick = itemgetter(*(header.index(name) for name in labels))
+    code = defaultdict(lambda: _BAD, _CODES).__getitem__
+    ids: list[str] = []
     reasons: list[str | None] = []
-    codes = []
-    bad_code = np.int8(99)
+    rows_codes: list[bytes] = []  # one byte per label: compact for CelebA's 8 million cells
     for number, fields in rows:
         key = fields[id_index] if len(fields) > id_index else ""
         if not key:
             skipped.append({"path": f"{source}:{number}", "reason": f"{MALFORMED_ROW}: line {number} has no file name"})
             continue
-        paths.append(id_to_path(key))
+        ids.append(key)
         if len(fields) != len(header):
             reasons.append(f"{MALFORMED_ROW}: {source.name} line {number} has {len(fields)} fields, expected {len(header)}")
-            codes.append([bad_code] * len(labels))
+            rows_codes.append(bytes(k))
             continue
-        row = [_BINARY.get(fields[i], bad_code) for i in label_index]
+        row = bytes(map(code, pick(fields) if k > 1 else (pick(fields),)))
         reason = None
-        if bad_code in row:
-            col = row.index(bad_code)
-            reason = f"{BAD_LABEL}: {labels[col]}={fields[label_index[col]]!r} in {source.name} (allowed -1/1 or 0/1)"
+        if _BAD in row:
+            col = row.index(_BAD)
+            reason = f"{BAD_LABEL}: {labels[col]}={fields[header.index(labels[col])]!r} in {source.name} (allowed -1/1 or 0/1)"
         reasons.append(reason)
-        codes.append(row)
-    values = np.array(codes, dtype=np.int8).reshape(len(codes), len(labels))
-    good = values[[r is None for r in reasons]]
-    has_minus, has_zero = bool((good == -1).any()), bool((good == 0).any())
+        rows_codes.append(row)
+    values = np.frombuffer(b"".join(rows_codes), dtype=np.uint8).reshape(len(rows_codes), k)
+    good = values[np.array([r is None for r in reasons], dtype=bool)]
+    has_minus, has_zero = bool((good == _MINUS).any()), bool((good == 0).any())
     if has_minus and has_zero:
         raise DataError(
-            f"{source}: label values mix the -1/1 and 0/1 encodings (found -1, 0 and 1); "
+            f"{source}: label values mix the -1/1 and 0/1 encodings (both -1 and 0 occur); "
             "expected one encoding per file"
         )
-    frame = pd.DataFrame(np.clip(values, 0, 1), columns=list(labels))
+    prefix = os.path.join(folder, "")
+    frame = pd.DataFrame((values == 1).astype(np.int8), columns=list(labels))
     frame.insert(0, "_reason", pd.Series(reasons, dtype=object))
-    frame.insert(0, "path", paths)
+    frame.insert(0, "_id", ids)
+    frame.insert(0, "path", [prefix + key for key in ids])
     return frame, "-1/1" if has_minus else "0/1"
 
 
@@ -298,12 +309,13 @@ def check_file(path: str) -> str | None:
 
 def check_files(paths: Sequence[str], *, progress: bool = True, desc: str = "checking files") -> list[str | None]:
     """:func:`check_file` for every path (threads, since this waits on the disk)."""
+    chunks = [paths[i : i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
     bar = tqdm(total=len(paths), desc=desc, unit="file", disable=not progress or len(paths) < _PROGRESS_MIN)
+    out: list[str | None] = []
     with ThreadPoolExecutor(max_workers=8) as pool, bar:
-        out = []
-        for reason in pool.map(check_file, paths):
-            out.append(reason)
-            bar.update()
+        for reasons in pool.map(lambda chunk: [check_file(p) for p in chunk], chunks):
+            out += reasons
+            bar.update(len(reasons))
     return out
 
 
