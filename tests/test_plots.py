@@ -341,3 +341,81 @@ def test_augmentation_examples_draws_from_the_training_feeder():
     assert any(not np.array_equal(d, img) for d in drawn)
     fig = render(plots.augmentation_examples(img, None))
     assert "off" in fig.axes[0].texts[0].get_text()
+
+
+def test_overlaid_curves_give_each_task_its_own_row():
+    age = pd.DataFrame({"epoch": [1, 2], "loss": [300.0, 200.0], "val_loss": [310.0, 250.0], "val_mae": [14.0, 12.0]})
+    age.attrs["task"] = "age"
+    gender = history()
+    gender.attrs["task"] = "gender"
+    fig = render(plots.overlaid_curves({"source": age, "a": gender, "b": gender}))
+    titles = [ax.get_title() for ax in fig.axes if ax.axison]
+    assert titles == ["age: val_loss", "age: val_mae", "gender: val_loss", "gender: val_accuracy"]
+    assert [line.get_label() for line in fig.axes[2].get_lines()] == ["a", "b"]
+
+
+def test_small_tables_for_notebook_steps():
+    from facetransfer.search import SearchResult
+    from facetransfer.train import TrainResult
+
+    result = TrainResult(history=history(), timings={"train_seconds": 3.21, "epoch_seconds": [1.0, 2.0],
+                                                     "cache_seconds": 0.5, "feature_seconds": 0.0}, used_feature_cache=False)
+    table = plots.timing_table(result).set_index("item")["value"]
+    assert table["train_seconds"] == "3.21" and table["epochs"] == "2" and table["mean epoch seconds"] == "1.5"
+    seq = SearchResult("sequential", "val.accuracy", pd.DataFrame({"score": [0.5, 0.6]}), {"train.batch_size": 32}, 0.6)
+    summary = plots.search_summary([seq, None])
+    assert summary.to_dict("records") == [{"method": "sequential", "metric": "val.accuracy", "trials": 2,
+                                           "best score": 0.6, "chosen values": '{"train.batch_size": 32}'}]
+    info = plots.info_table({"total": 10, "trainable_layers": ["a", "b"], "root": None})
+    assert info["value"].tolist() == ["10", '["a", "b"]', "null"]
+    assert "SYNTHETIC DATA" in plots.banner(True).data and plots.banner(False).data == ""
+
+
+def write_run(study, name, *, synthetic=True, task="gender", history_file=True):
+    """A finished run folder as artifacts.write_run leaves it (metrics.json, predictions, history)."""
+    from facetransfer import io, params
+
+    raw = {"name": name, "task": task, "model": {"backbone": "compact", "weights": "none", "strategy": "full"},
+           "train": {"learning_rate": 0.001 if name == "a" else 0.0001}}
+    raw["data"] = {"dataset": "celeba", "synthetic": {"n": 50}} if synthetic else {"dataset": "celeba", "root": "/data/celeba"}
+    cfg = params.resolve_run(raw)
+    run_id = params.run_id(cfg)
+    run_dir = study / "runs" / run_id
+    pred = predictions(40).assign(split="test", path=[f"/d/{i}.jpg" for i in range(40)])
+    io.atomic_write_csv(run_dir / "predictions.csv", pred)
+    if history_file:
+        io.atomic_write_csv(run_dir / "history.csv", history())
+    cm = [[int(((pred.y_true == t) & (pred.y_pred == p)).sum()) for p in (0, 1)] for t in (0, 1)]
+    io.atomic_write_json(run_dir / "metrics.json", {"run_id": run_id, "status": "ok", "params": cfg,
+                                                    "test": {"accuracy": 0.5, "confusion_matrix": cm},
+                                                    "timing": {"train_seconds": 1.0}})
+    return run_id
+
+
+def test_study_helpers_on_a_run_folder_layout(tmp_path):
+    from facetransfer import compare
+
+    write_run(tmp_path, "a")
+    write_run(tmp_path, "b")
+    runs = compare.load_runs(tmp_path)
+    assert plots.study_is_synthetic(runs)
+    overview = plots.runs_overview(runs)
+    assert list(overview.columns) == ["run_id", "label", "status", "error", "train.learning_rate"]
+    histories = plots.read_histories(runs)
+    assert list(histories) == ["a", "b"] and histories["a"].attrs["task"] == "gender"
+    fig = render(plots.run_calibration(runs))
+    assert len(fig.axes[0].get_lines()) == 3  # the diagonal and one line per run
+    gaps = compare.subgroup_gaps(runs, ["Young"])
+    fig = render(plots.subgroup_bars(gaps, metric="gap accuracy"))
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["Young"]
+    assert len(fig.axes[0].patches) == 2
+
+
+def test_real_data_study_is_not_synthetic_and_missing_history_is_an_error(tmp_path):
+    from facetransfer import compare
+
+    run_id = write_run(tmp_path, "a", synthetic=False, history_file=False)
+    runs = compare.load_runs(tmp_path)
+    assert not plots.study_is_synthetic(runs)
+    with pytest.raises(FacetransferError, match=f"run {run_id} ended ok but .*history.csv is missing"):
+        plots.read_histories(runs)
