@@ -583,3 +583,14 @@ def test_summary_is_plain_json_and_consistent(tmp_path):
     text = datasets.format_summary(s)
     assert "female 3 (50.0 %), male 3 (50.0 %)" in text and "partition   train 4, val 1, test 1" in text
     assert "duplicate id" in text
+
+
+def test_bom_crlf_and_non_utf8_label_files(tmp_path):
+    root = make_celeba_kaggle(tmp_path / "celeba", first_cell="image_id")
+    csv = root / "list_attr_celeba.csv"
+    csv.write_bytes(b"\xef\xbb\xbf" + csv.read_bytes().replace(b"\n", b"\r\n"))  # Excel re-export
+    ds = datasets.load("celeba", root)
+    assert ds.records["gender"].tolist() == [1, 0, 1, 0, 1, 0] and ds.skipped == []
+    csv.write_bytes(csv.read_bytes().replace(b"000003.jpg", b"00000\xe9.jpg"))
+    with pytest.raises(DataError, match="list_attr_celeba.csv: not UTF-8 text"):
+        datasets.load("celeba", root)

@@ -172,12 +172,12 @@ def text_rows(path: Path, *, delimiter: str | None) -> Iterator[tuple[int, list[
 
 
 def read_header(path: Path) -> list[str]:
-    """First line of a CSV file as its cells (cheap: reads one line)."""
+    """First line of a CSV file as its cells (cheap: reads one line; used to probe)."""
     try:
-        with open(path, encoding="utf-8-sig", newline="") as fh:
+        with open(path, encoding="utf-8-sig", errors="replace", newline="") as fh:
             line = fh.readline()
-    except (OSError, UnicodeDecodeError):
-        return []
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
     return [cell.strip() for cell in next(csv.reader([line]), [])]
 
 
