@@ -1,0 +1,135 @@
+"""Frozen-prefix feature cache.
+
+When a strategy freezes the bottom of the model, the frozen part (the *prefix* from
+:func:`facetransfer.models.split_frozen_prefix`) computes the same output for an image in
+every epoch. :func:`prefix_features` runs it once per image and stores the result; training
+then fits only the *remainder* on these features, which trains the same layers with the same
+numbers (tests/test_features.py checks it) in a fraction of the time.
+
+Files: ``<cache_dir>/<key>.npy`` (float32, row i = prefix output of ``images[rows[i]]``) and
+``<key>.json``, the sidecar, written LAST: a ``.npy`` without its sidecar is an interrupted
+computation and is rebuilt. ``cache_dir`` is normally ``results_root/_cache/features``
+(:func:`default_cache_dir`).
+
+The key is the SHA-1 (first 20 hex digits) of the JSON of ``key_parts``; :func:`key_parts`
+builds it from the params and the prefix: the image-cache key (which images, decoded how),
+the backbone name and ``model.weights`` value, a digest of the prefix's weight values
+(whatever their source), a digest of its layer configs, the cut layer, the image size,
+a digest of ``rows``, the dtype policy and the Keras version and backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+from tqdm.auto import tqdm
+
+from facetransfer import params as P
+from facetransfer.io import atomic_path, atomic_write_json, read_json
+
+FORMAT = 1
+
+
+def default_cache_dir(results_root) -> Path:
+    return Path(results_root) / "_cache" / "features"
+
+
+def weights_digest(model: keras.Model) -> str:
+    """SHA-1 of every weight of ``model`` (names, shapes, dtypes and values)."""
+    h = hashlib.sha1()
+    for layer in model.layers:
+        for w in layer.weights:
+            value = np.ascontiguousarray(keras.ops.convert_to_numpy(w))
+            h.update(f"{layer.name}/{w.name}:{value.dtype}:{value.shape};".encode())
+            h.update(value.tobytes())
+    return h.hexdigest()
+
+
+def architecture_digest(model: keras.Model) -> str:
+    """SHA-1 of the configs of ``model``'s layers (the input layer's name aside)."""
+    configs = [
+        [type(layer).__name__, layer.get_config()]
+        for layer in model.layers
+        if not isinstance(layer, keras.layers.InputLayer)
+    ]
+    return hashlib.sha1(json.dumps(configs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def key_parts(cfg: dict, prefix: keras.Model, *, image_key: str, rows) -> dict:
+    """What identifies the prefix features of ``rows`` for resolved params ``cfg``."""
+    rows = np.asarray(rows, dtype=np.int64)
+    return {
+        "format": FORMAT,
+        "image_cache": image_key,
+        "backbone": cfg["model"]["backbone"],
+        "weights": cfg["model"]["weights"],
+        "weights_sha1": weights_digest(prefix),
+        "architecture_sha1": architecture_digest(prefix),
+        "cut": prefix.layers[-1].name,
+        "image_size": P.image_size(cfg),
+        "rows_sha1": hashlib.sha1(rows.tobytes()).hexdigest(),
+        "n_rows": int(len(rows)),
+        "dtype_policy": keras.config.dtype_policy().name,
+        "keras": keras.__version__,
+        "backend": keras.backend.backend(),
+    }
+
+
+def feature_key(parts: dict) -> str:
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:20]
+
+
+def cache_files(cache_dir, parts: dict) -> tuple[Path, Path]:
+    """``(<key>.npy, <key>.json)`` in ``cache_dir``."""
+    key = feature_key(parts)
+    return Path(cache_dir) / f"{key}.npy", Path(cache_dir) / f"{key}.json"
+
+
+def is_cached(cache_dir, parts: dict) -> bool:
+    """True when complete features for ``parts`` are on disk (sidecar present and matching)."""
+    npy, sidecar = cache_files(cache_dir, parts)
+    if not (npy.is_file() and sidecar.is_file()):
+        return False
+    meta = read_json(sidecar)
+    if meta.get("key") != feature_key(parts):
+        return False
+    return tuple(np.load(npy, mmap_mode="r").shape) == tuple(meta["shape"])
+
+
+def prefix_features(prefix: keras.Model, images, rows, *, cache_dir, key_parts: dict, batch_size: int = 64, progress: bool = True) -> np.ndarray:
+    """Prefix outputs of ``images[rows]`` (float32, read-only memmap), computed once.
+
+    ``images``: (N, S, S, 3) uint8 (the image cache); ``rows``: indices into it, in the
+    order the features are wanted. A cached result for the same ``key_parts`` is returned
+    as is; otherwise the prefix runs in inference mode in batches of ``batch_size``.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    npy, sidecar = cache_files(cache_dir, key_parts)
+    if is_cached(cache_dir, key_parts):
+        return np.load(npy, mmap_mode="r")
+    shape = (len(rows), *prefix.output.shape[1:])
+    if len(rows) == 0:
+        return np.empty(shape, dtype=np.float32)
+    start = time.perf_counter()
+    with atomic_path(npy, suffix=".npy") as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+        batches = range(0, len(rows), batch_size)
+        for i in tqdm(batches, desc=f"prefix features ({prefix.layers[-1].name})", unit="batch", disable=not progress):
+            batch = np.asarray(images[rows[i : i + batch_size]], dtype=np.float32)
+            out[i : i + len(batch)] = keras.ops.convert_to_numpy(prefix.predict_on_batch(batch))
+        out.flush()
+        del out
+    atomic_write_json(sidecar, {
+        "key": feature_key(key_parts),
+        "key_parts": key_parts,
+        "shape": list(shape),
+        "dtype": "float32",
+        "seconds": round(time.perf_counter() - start, 3),
+    })
+    return np.load(npy, mmap_mode="r")

@@ -1,0 +1,65 @@
+"""Runtime set-up: seeds, determinism, mixed precision, devices.
+
+The ONE module allowed to import a backend framework, and only the active one
+(``keras.backend.backend()``): TensorFlow for op determinism and its device list, JAX or
+PyTorch for theirs. Everything else uses the Keras 3 API only.
+
+XLA is not switched on here: :func:`configure` validates and reports the flag, and the
+training code passes it to ``model.compile(jit_compile=...)``.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from facetransfer.errors import ParamError
+
+MIXED_PRECISION = ("auto", "on", "off")
+
+
+def configure(seed: int, *, mixed_precision: str = "auto", xla: bool = False) -> dict:
+    """Seed Python, NumPy and the backend; make TensorFlow ops deterministic; set the dtype
+    policy. Call before building a model. Returns ``{backend, devices, mixed_precision, xla}``
+    where ``mixed_precision`` is the policy set (``mixed_float16`` or ``float32``).
+
+    ``mixed_precision``: ``auto`` = on when a GPU is present, ``on``, ``off``.
+    """
+    if mixed_precision not in MIXED_PRECISION:
+        raise ParamError("train.mixed_precision", f"{mixed_precision!r} is not allowed; allowed: {', '.join(MIXED_PRECISION)}")
+    if not isinstance(xla, bool):
+        raise ParamError("train.xla", f"{xla!r} is not true or false")
+    backend = keras.backend.backend()
+    keras.utils.set_random_seed(int(seed))
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    found = devices()
+    use_mixed = mixed_precision == "on" or (mixed_precision == "auto" and has_gpu(found))
+    policy = "mixed_float16" if use_mixed else "float32"
+    keras.config.set_dtype_policy(policy)
+    return {"backend": backend, "devices": found, "mixed_precision": policy, "xla": xla}
+
+
+def has_gpu(found: list[str] | None = None) -> bool:
+    found = devices() if found is None else found
+    return any(d.lower().startswith(("gpu", "cuda")) for d in found)
+
+
+def devices() -> list[str]:
+    """Devices of the active backend, e.g. ``["CPU:0", "GPU:0"]`` (TensorFlow),
+    ``["cpu:0"]`` (JAX), ``["cpu", "cuda:0"]`` (PyTorch)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return [d.name.removeprefix("/physical_device:") for d in tf.config.list_physical_devices()]
+    if backend == "jax":
+        import jax
+
+        return [f"{d.platform}:{d.id}" for d in jax.devices()]
+    if backend == "torch":
+        import torch
+
+        return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return ["cpu"]
