@@ -1,0 +1,512 @@
+"""Execute a study: its notebooks through papermill on the ``facetransfer`` kernel.
+
+``facetransfer run params/<study>.yaml`` calls :func:`run_study`. Under
+``results/<study>/`` (``--results`` moves ``results/``) it
+
+1. takes the study lock (``.lock``; a second live ``facetransfer run`` of the same study
+   stops with "study is busy ... pid ..."; a lock left by a killed process is taken over);
+2. writes ``study.json`` (name, title, description, stages, runs, reported, search, the
+   study file and its sha1, the ``--set`` overrides);
+3. executes the stages in order: ``explore/01_explore.ipynb``, ``search/02_search.ipynb``
+   (after the runs its base params start from), ``runs/<run_id>/03_finetune.ipynb`` for every
+   run (a run after the runs its weights come from), ``compare/04_compare.ipynb``;
+4. prints a summary table and, unless ``report=False``, renders ``report/index.html``.
+
+Resuming. A run is complete when ``runs/<id>/metrics.json`` says ``status: ok`` for that id
+and its executed notebook is there; complete runs are skipped unless ``force``. A study-level
+stage re-runs only when its inputs changed: its parameters, its notebook file, and the
+``metrics.json`` of the runs it reads (``.done.json`` in its folder records what it last ran
+on). Notebooks execute into a hidden temporary file that is renamed into place, and every
+marker is written atomically, so after a ``kill -9`` at any point a re-run finishes the
+study without recomputing what was finished.
+
+Failures. A notebook that raises keeps its executed copy (with the error) and the run gets a
+``metrics.json`` with ``status: failed``; the other runs go on (a run whose weights come from
+a failed run fails without executing). The exit status is 0 only when everything ended ok.
+
+Console: one line per execution, papermill's cell progress bar, and the kernel's own output
+(Keras progress bars, prints) in ``run.log`` (``<stage>.log`` for stages) beside the notebook.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from facetransfer.errors import FacetransferError
+from facetransfer.io import StudyLock, atomic_write_json, read_json
+from facetransfer.study import NOTEBOOKS, Run, Study, dependencies, execution_order, load_study
+
+KERNEL = "facetransfer"
+NOTEBOOKS_ENV = "FACETRANSFER_NOTEBOOKS"
+DONE_MARKER = ".done.json"
+ERROR_CHARS = 400
+
+
+def notebooks_dir(notebooks=None) -> Path:
+    """The folder with 01_explore … 04_compare: ``notebooks``, else $FACETRANSFER_NOTEBOOKS,
+    else the repository's ``notebooks/`` (two levels above this package)."""
+    if notebooks is not None:
+        return Path(notebooks).resolve()
+    if os.environ.get(NOTEBOOKS_ENV):
+        return Path(os.environ[NOTEBOOKS_ENV]).resolve()
+    return Path(__file__).resolve().parents[2] / "notebooks"
+
+
+def _hash(obj: Any) -> str:
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def _file_sha1(path: Path) -> str | None:
+    return hashlib.sha1(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# ----------------------------------------------------------------------------------------
+# the plan: every notebook execution of a study
+
+
+@dataclass
+class Execution:
+    """One planned notebook execution (a stage, or one run of 03_finetune)."""
+
+    stage: str  # explore | search | finetune | compare
+    run_id: str | None  # the run id, or the stage's own id (hash of its parameters)
+    name: str
+    notebook: str
+    out_dir: Path
+    parameters: dict
+    run: Run | None = None
+    needs: tuple[str, ...] = ()  # run ids whose metrics this execution reads
+
+    def to_json(self) -> dict:
+        if self.run is not None:
+            out = {"run_id": self.run_id, "name": self.name, "notebook": self.notebook, "params": self.run.params}
+            if self.run.pending:
+                out["pending"] = "its params take the search stage's chosen values (use_search)"
+            return out
+        return {"run_id": self.run_id, "stage": self.stage, "notebook": self.notebook, "params": self.parameters}
+
+
+def stage_execution(study: Study, stage: str, study_dir: Path, results_root: Path) -> Execution:
+    out_dir = study_dir / stage
+    if stage == "explore":
+        parameters = {"data": study.base_params["data"], "out_dir": str(out_dir), "results_root": str(results_root)}
+        needs: tuple[str, ...] = ()
+    elif stage == "search":
+        parameters = {"search": study.search, "base_params": study.base_params, "out_dir": str(out_dir), "results_root": str(results_root)}
+        needs = tuple(study.base_depends_on)
+    elif stage == "compare":
+        parameters = {"study_dir": str(study_dir)}
+        needs = tuple(r.run_id for r in study.runs if not r.pending)
+    else:
+        raise ValueError(stage)
+    return Execution(stage, _hash({"stage": stage, "parameters": parameters}), stage, NOTEBOOKS[stage], out_dir, parameters, needs=needs)
+
+
+def run_execution(run: Run, study_dir: Path, results_root: Path) -> Execution:
+    run_dir = study_dir / "runs" / (run.run_id or "pending")
+    parameters = {"params": run.params, "run_id": run.run_id, "run_dir": str(run_dir), "results_root": str(results_root)}
+    return Execution("finetune", run.run_id, run.name, run.notebook, run_dir, parameters, run=run)
+
+
+def plan(study: Study, study_dir: Path, results_root: Path) -> list[Execution]:
+    """Every execution of the study, in the order the runner executes them."""
+    out: list[Execution] = []
+    done: set[str] = set()
+
+    def add_runs(run_ids) -> None:
+        for run_id in run_ids:
+            if run_id not in done:
+                done.add(run_id)
+                out.append(run_execution(study.run_by_id(run_id), study_dir, results_root))
+
+    if "explore" in study.stages:
+        out.append(stage_execution(study, "explore", study_dir, results_root))
+    if "search" in study.stages:
+        add_runs(dependencies(study, study.base_depends_on))
+        out.append(stage_execution(study, "search", study_dir, results_root))
+    if "finetune" in study.stages:
+        add_runs(execution_order(study))
+        out.extend(run_execution(r, study_dir, results_root) for r in study.runs if r.pending)
+    if "compare" in study.stages:
+        out.append(stage_execution(study, "compare", study_dir, results_root))
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# completeness
+
+
+def run_metrics(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / "metrics.json"
+    return read_json(path) if path.is_file() else None
+
+
+def run_complete(run_dir: Path, run_id: str, notebook: str = NOTEBOOKS["finetune"]) -> dict | None:
+    """The run's metrics when it finished ok (metrics.json ok for this id + its notebook)."""
+    metrics = run_metrics(run_dir)
+    if metrics is None or not (Path(run_dir) / notebook).is_file():
+        return None
+    if metrics.get("status") != "ok" or metrics.get("run_id") != run_id:
+        return None
+    return metrics
+
+
+def stage_key(ex: Execution, notebooks: Path, study_dir: Path) -> str:
+    """What a stage's result depends on: its parameters, its notebook, the metrics it reads."""
+    inputs = []
+    for run_id in ex.needs:
+        path = study_dir / "runs" / run_id / "metrics.json"
+        inputs.append([run_id, path.stat().st_mtime_ns if path.is_file() else None])
+    return _hash({"id": ex.run_id, "notebook": _file_sha1(notebooks / ex.notebook), "inputs": inputs})
+
+
+def stage_complete(ex: Execution, key: str) -> bool:
+    marker = ex.out_dir / DONE_MARKER
+    if not marker.is_file() or not (ex.out_dir / ex.notebook).is_file():
+        return False
+    return read_json(marker).get("key") == key
+
+
+def search_best(study_dir: Path) -> dict | None:
+    path = study_dir / "search" / "best_params.json"
+    return dict(read_json(path)["best"]) if path.is_file() else None
+
+
+# ----------------------------------------------------------------------------------------
+# executing one notebook
+
+
+def _one_line(text: str) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= ERROR_CHARS else line[: ERROR_CHARS - 1] + "…"
+
+
+def execute_notebook(notebook: Path, out_dir: Path, parameters: dict, *, kernel_name: str, log_name: str) -> str | None:
+    """Execute ``notebook`` into ``out_dir/<its name>``; None when it ran through, else the error.
+
+    The output goes to a hidden temporary file renamed into place when papermill returns or
+    raises a notebook error (the executed notebook then shows the error). The kernel's
+    stdout/stderr go to ``out_dir/<log_name>``; the console shows papermill's progress bar.
+    """
+    import papermill
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    from papermill.exceptions import PapermillExecutionError
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(f".{notebook.stem}.*.tmp.ipynb"):
+        stale.unlink()  # left by a killed runner; we hold the study lock
+    tmp = out_dir / f".{notebook.stem}.{os.getpid()}.tmp.ipynb"
+    error, returned = None, False
+    try:
+        with open(out_dir / log_name, "w", encoding="utf-8") as log:
+            papermill.execute_notebook(
+                str(notebook),
+                str(tmp),
+                parameters=parameters,
+                kernel_name=kernel_name,
+                progress_bar=True,
+                log_output=False,
+                stdout_file=log,
+                stderr_file=log,
+                cwd=str(out_dir),
+            )
+        returned = True
+    except PapermillExecutionError as exc:
+        error, returned = _one_line(f"{exc.ename}: {exc.evalue} (cell [{exc.exec_count}])"), True
+    except (DeadKernelError, CellTimeoutError) as exc:
+        error, returned = _one_line(f"{type(exc).__name__}: {exc}"), True
+    finally:
+        if not returned:
+            tmp.unlink(missing_ok=True)  # interrupted: no half notebook under the final name
+    if tmp.exists():
+        os.replace(tmp, out_dir / notebook.name)
+    return error
+
+
+def failed_metrics(run: Run, error: str, seconds: float) -> dict:
+    """metrics.json of a failed run (facetransfer.artifacts.failed_metrics where it exists)."""
+    metrics = None
+    if importlib.util.find_spec("facetransfer.artifacts") is not None:
+        builder = getattr(importlib.import_module("facetransfer.artifacts"), "failed_metrics", None)
+        if builder is not None:
+            metrics = dict(builder(run.params, run.run_id, error))
+    if metrics is None:
+        metrics = {"run_id": run.run_id, "status": "failed", "params": run.params, "error": error}
+    metrics["status"] = "failed"
+    metrics.setdefault("name", run.name)
+    metrics.setdefault("timing", {}).setdefault("wall_seconds", seconds)
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------
+# the runner
+
+
+@dataclass
+class Outcome:
+    stage: str
+    run_id: str | None
+    name: str
+    status: str  # ok | skipped | failed
+    seconds: float = 0.0
+    metrics: dict | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("ok", "skipped")
+
+
+def _test_metric(metrics: dict | None, key: str) -> float | None:
+    test = (metrics or {}).get("test") or {}
+    value = test.get(key)
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+class _Runner:
+    def __init__(self, study: Study, study_dir: Path, results_root: Path, notebooks: Path, kernel_name: str, force: bool):
+        self.study = study
+        self.study_dir = study_dir
+        self.results_root = results_root
+        self.notebooks = notebooks
+        self.kernel_name = kernel_name
+        self.force = force
+        self.outcomes: dict[str, Outcome] = {}  # by run id / stage
+        self.order: list[str] = []
+        self.started = _now()
+
+    # -- bookkeeping
+    def _record(self, key: str, outcome: Outcome) -> Outcome:
+        if key not in self.outcomes:
+            self.order.append(key)
+        self.outcomes[key] = outcome
+        return outcome
+
+    def write_study_json(self) -> None:
+        st = self.study
+        atomic_write_json(
+            self.study_dir / "study.json",
+            {
+                "study": st.name,
+                "title": st.title,
+                "description": st.description,
+                "stages": st.stages,
+                "runs": [r.to_json() for r in st.runs if not r.pending],
+                "pending_runs": [r.to_json() for r in st.runs if r.pending],
+                "reported": st.reported,
+                "search": st.search,
+                "search_best": st.search_best,
+                "created": self.started,
+                "study_file": str(st.path),
+                "study_sha1": st.sha1,
+                "overrides": st.overrides,
+                "results_root": str(self.results_root),
+            },
+        )
+
+    # -- one stage
+    def stage(self, name: str) -> Outcome:
+        ex = stage_execution(self.study, name, self.study_dir, self.results_root)
+        failed = [d for d in ex.needs if d in self.outcomes and not self.outcomes[d].ok]
+        if name != "compare" and failed:
+            error = f"needs run {failed[0]} ({self.outcomes[failed[0]].name}), which did not end ok"
+            print(f"FAILED {name}: {error}", flush=True)
+            return self._record(name, Outcome(name, ex.run_id, name, "failed", error=error))
+        key = stage_key(ex, self.notebooks, self.study_dir)
+        if not self.force and stage_complete(ex, key):
+            print(f"skip {name} {ex.run_id} (inputs unchanged)", flush=True)
+            return self._record(name, Outcome(name, ex.run_id, name, "skipped"))
+        print(f"{name} {ex.run_id}: {ex.notebook} → {ex.out_dir}", flush=True)
+        (ex.out_dir / DONE_MARKER).unlink(missing_ok=True)
+        start = time.perf_counter()
+        error = execute_notebook(self.notebooks / ex.notebook, ex.out_dir, ex.parameters, kernel_name=self.kernel_name, log_name=f"{name}.log")
+        seconds = time.perf_counter() - start
+        if error is not None:
+            print(f"FAILED {name} after {seconds:.1f} s: {error}", flush=True)
+            return self._record(name, Outcome(name, ex.run_id, name, "failed", seconds, error=error))
+        atomic_write_json(ex.out_dir / DONE_MARKER, {"stage": name, "stage_id": ex.run_id, "key": key, "finished": _now(), "seconds": seconds})
+        print(f"ok {name} in {seconds:.1f} s", flush=True)
+        return self._record(name, Outcome(name, ex.run_id, name, "ok", seconds))
+
+    # -- one run
+    def run(self, run: Run) -> Outcome:
+        if run.run_id in self.outcomes:
+            return self.outcomes[run.run_id]
+        ex = run_execution(run, self.study_dir, self.results_root)
+        run_dir = ex.out_dir
+        for dep in run.depends_on:
+            dep_outcome = self.outcomes.get(dep)
+            if dep_outcome is not None and not dep_outcome.ok:
+                return self._fail(run, f"its weights come from run {dep} ({dep_outcome.name}), which did not end ok", 0.0)
+        if not self.force:
+            metrics = run_complete(run_dir, run.run_id, run.notebook)
+            if metrics is not None:
+                print(f"skip {run.run_id} (complete) {run.name}", flush=True)
+                return self._record(run.run_id, Outcome("finetune", run.run_id, run.name, "skipped", metrics=metrics))
+        print(f"run {run.run_id} {run.name}: {run.notebook} → {run_dir}", flush=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.json").unlink(missing_ok=True)
+        start = time.perf_counter()
+        error = execute_notebook(self.notebooks / run.notebook, run_dir, ex.parameters, kernel_name=self.kernel_name, log_name="run.log")
+        seconds = time.perf_counter() - start
+        metrics = run_metrics(run_dir)
+        if error is None:
+            if metrics is None:
+                error = "the notebook finished without writing metrics.json"
+            elif metrics.get("run_id") != run.run_id:
+                error = f"metrics.json names run_id {metrics.get('run_id')!r}, expected {run.run_id}"
+            elif metrics.get("status") != "ok":
+                error = _one_line(metrics.get("error") or f"metrics.json says status {metrics.get('status')!r}")
+        if error is not None:
+            return self._fail(run, error, seconds)
+        acc = _test_metric(metrics, "accuracy")
+        extra = f" (test accuracy {acc:.4f})" if acc is not None else ""
+        print(f"ok {run.run_id} in {seconds:.1f} s{extra}", flush=True)
+        return self._record(run.run_id, Outcome("finetune", run.run_id, run.name, "ok", seconds, metrics))
+
+    def _fail(self, run: Run, error: str, seconds: float) -> Outcome:
+        run_dir = self.study_dir / "runs" / run.run_id
+        metrics = failed_metrics(run, error, seconds)
+        atomic_write_json(run_dir / "metrics.json", metrics)
+        print(f"FAILED {run.run_id} {run.name} after {seconds:.1f} s: {error}", flush=True)
+        return self._record(run.run_id, Outcome("finetune", run.run_id, run.name, "failed", seconds, metrics, error))
+
+    # -- the whole study
+    def execute(self) -> bool:
+        st = self.study
+        self.write_study_json()
+        if "explore" in st.stages:
+            self.stage("explore")
+        if "search" in st.stages:
+            for run_id in dependencies(st, st.base_depends_on):
+                self.run(st.run_by_id(run_id))
+            if self.stage("search").ok and any(r.use_search for r in st.runs):
+                best = search_best(self.study_dir)
+                if best is None:
+                    self.outcomes["search"].status = "failed"
+                    self.outcomes["search"].error = "02_search did not write search/best_params.json"
+                else:
+                    st.apply_search(best)
+                    self.write_study_json()
+        if "finetune" in st.stages:
+            for run_id in execution_order(st):
+                self.run(st.run_by_id(run_id))
+            for run in st.runs:
+                if run.pending:
+                    error = "its params wait for the search stage, which did not end ok"
+                    print(f"FAILED {run.name}: {error}", flush=True)
+                    self._record(f"pending:{run.name}", Outcome("finetune", None, run.name, "failed", error=error))
+        if "compare" in st.stages:
+            self.stage("compare")
+        return all(o.ok for o in self.outcomes.values())
+
+    def summary(self) -> str:
+        rows = [("stage", "id", "name", "status", "test acc", "test mae", "seconds")]
+        for key in self.order:
+            o = self.outcomes[key]
+            acc, mae = _test_metric(o.metrics, "accuracy"), _test_metric(o.metrics, "mae")
+            rows.append(
+                (
+                    o.stage,
+                    o.run_id or "-",
+                    o.name,
+                    o.status,
+                    "-" if acc is None else f"{acc:.4f}",
+                    "-" if mae is None else f"{mae:.2f}",
+                    f"{o.seconds:.1f}" if o.seconds else "-",
+                )
+            )
+        widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+        n_failed = sum(1 for o in self.outcomes.values() if not o.ok)
+        head = f"study {self.study.name}: {len(self.outcomes) - n_failed} ok, {n_failed} failed"
+        errors = [f"  {o.run_id or o.name}: {o.error}" for o in (self.outcomes[k] for k in self.order) if o.error]
+        return "\n".join([head, *lines, *(["errors:", *errors] if errors else [])])
+
+
+def _check_kernel(kernel_name: str) -> None:
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec(kernel_name)
+    except NoSuchKernel:
+        raise FacetransferError(
+            f"Jupyter kernel {kernel_name!r} not found; run `make venv` (it registers it inside .venv) "
+            f"or `python -m ipykernel install --sys-prefix --name {kernel_name}`"
+        ) from None
+
+
+def _check_notebooks(study: Study, notebooks: Path) -> None:
+    for stage in study.stages:
+        path = notebooks / NOTEBOOKS[stage]
+        if not path.is_file():
+            raise FacetransferError(f"notebook {path} not found (stage {stage}); set {NOTEBOOKS_ENV} to another notebooks folder")
+    if "search" in study.stages and study.base_depends_on and not (notebooks / NOTEBOOKS["finetune"]).is_file():
+        raise FacetransferError(f"notebook {notebooks / NOTEBOOKS['finetune']} not found (the search starts from a run)")
+
+
+def _dry_run(study: Study, study_dir: Path, results_root: Path, notebooks: Path) -> int:
+    for run in study.runs:
+        data, weights = run.params["data"], run.params["model"]["weights"]
+        if data["synthetic"] is None and data["root"] and not os.path.exists(data["root"]):
+            print(f"warning: data.root {data['root']} does not exist (run {run.name!r})", file=sys.stderr)
+        if weights not in ("imagenet", "none") and not weights.startswith("run:") and not os.path.exists(weights):
+            print(f"warning: model.weights {weights} does not exist (run {run.name!r})", file=sys.stderr)
+    if any(r.pending for r in study.runs):
+        search = stage_execution(study, "search", study_dir, results_root)
+        best = search_best(study_dir)
+        if best is not None and stage_complete(search, stage_key(search, notebooks, study_dir)):
+            study.apply_search(best, check_paths=False)
+    for ex in plan(study, study_dir, results_root):
+        print(json.dumps(ex.to_json(), default=str), flush=True)
+    return 0
+
+
+def run_study(
+    study,
+    *,
+    force: bool = False,
+    dry_run: bool = False,
+    overrides=(),
+    results=None,
+    report: bool = True,
+    notebooks=None,
+    kernel_name: str = KERNEL,
+) -> int:
+    """Execute (or, with ``dry_run``, print) the study file ``study``; the exit status.
+
+    0 when every execution ended ok, 1 otherwise. User errors (a bad study file, a busy
+    study, a missing notebook or kernel) raise :class:`FacetransferError` before any run.
+    """
+    results_root = Path(results if results is not None else "results").resolve()
+    st = load_study(study, list(overrides or []), check_paths=not dry_run)
+    study_dir = results_root / st.name
+    nb_dir = notebooks_dir(notebooks)
+    if dry_run:
+        return _dry_run(st, study_dir, results_root, nb_dir)
+    _check_notebooks(st, nb_dir)
+    _check_kernel(kernel_name)
+    with StudyLock(study_dir / ".lock"):
+        runner = _Runner(st, study_dir, results_root, nb_dir, kernel_name, force)
+        ok = runner.execute()
+        print(runner.summary(), flush=True)
+        if report:
+            from facetransfer import report as R
+
+            print(f"report: {R.render(study_dir)}", flush=True)
+    return 0 if ok else 1
