@@ -76,3 +76,12 @@ def test_ruff_passes_on_the_notebooks():
     cmd = [str(ruff)] if ruff.exists() else [sys.executable, "-m", "ruff"]
     proc = subprocess.run([*cmd, "check", *map(str, NOTEBOOKS)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_papermill_reads_every_parameter(path):
+    import papermill
+
+    inferred = papermill.inspect_notebook(str(path))
+    assigned = {t.id for node in ast.parse(code_cells(read(path))[0].source).body for t in node.targets}
+    assert set(inferred) == assigned, f"{path.name}: papermill could not parse {assigned - set(inferred)} (no '=' in comments)"

@@ -711,7 +711,8 @@ def _value_label(value) -> str:
         except ValueError:
             return value
     if isinstance(value, float):
-        return f"{value:g}"
+        text = f"{value:g}"
+        return text if any(ch in text for ch in ".einf") else f"{text}.0"
     return str(value)
 
 
