@@ -59,8 +59,8 @@ def test_mae_rmse_and_majority():
 
 
 def test_age_to_group_boundaries():
-    groups = E.age_to_group([0, 2.9, 3, 5, 10, 18, 28, 40, 50, 70, 116])
-    assert groups.tolist() == [0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 7]
+    groups = E.age_to_group([0, 2.9, 3, 3.1, 5, 10, 13.5, 14, 18, 28, 35, 36, 40, 50, 70, 116])
+    assert groups.tolist() == [0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 7, 7]
 
 
 def test_gender_metrics_confusion_order_female_male():
@@ -81,7 +81,7 @@ def test_degenerate_flag_on_constant_predictor():
     assert "class 0" in m["degenerate_reason"]
     good = E.gender_metrics(y, np.where(y == 1, 0.9, 0.1))
     assert good["degenerate"] is False and good["degenerate_reason"] is None
-    assert good["accuracy"] == 1.0 and good["roc_auc"] == 1.0
+    assert good["accuracy"] == 1.0 and good["auc"] == 1.0
 
 
 def test_degenerate_when_not_beating_majority():

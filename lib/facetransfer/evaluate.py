@@ -10,9 +10,9 @@ Metrics per split, by task (every dict also has ``n``, ``degenerate`` and
 
 - ``gender``: ``accuracy``, ``precision`` / ``recall`` / ``f1`` / ``support`` per class
   (``{"female": ..., "male": ...}``), ``precision_macro``, ``recall_macro``, ``f1_macro``,
-  ``roc_auc``, ``confusion_matrix`` (rows = true, cols = predicted, order female, male),
+  ``auc`` (ROC-AUC of P(male)), ``confusion_matrix`` (rows = true, cols = predicted, order female, male),
   ``classes``, ``majority_rate``, ``predicted_share``.
-- ``age_group``: the same over the 8 Adience groups (no ``roc_auc``), plus
+- ``age_group``: the same over the 8 Adience groups (no ``auc``), plus
   ``one_off_accuracy`` (prediction within one group of the truth).
 - ``age``: ``mae``, ``rmse``, ``baseline_mae`` (always predicting the median age), and the
   predicted years binned into the 8 age groups: ``accuracy``, ``one_off_accuracy``,
@@ -37,7 +37,8 @@ from facetransfer.errors import FacetransferError, ParamError
 
 GENDER_CLASSES = ("female", "male")
 AGE_GROUPS = ("0-2", "4-6", "8-12", "15-20", "25-32", "38-43", "48-53", "60-100")
-# Years -> Adience group: the boundaries lie halfway between neighbouring groups.
+# Years -> Adience group: the boundaries lie halfway between neighbouring groups, a value
+# on a boundary goes to the younger group (the rule of datasets.adience.group_of).
 AGE_GROUP_EDGES = (3.0, 7.0, 13.5, 22.5, 35.0, 45.5, 56.5)
 DEGENERATE_SHARE = 0.95
 THRESHOLD = 0.5
@@ -134,8 +135,8 @@ def majority_rate(y_true) -> float:
 
 
 def age_to_group(years) -> np.ndarray:
-    """Ages in years → Adience group index 0..7 (boundaries halfway between groups)."""
-    return np.digitize(np.asarray(years, dtype=np.float64).ravel(), AGE_GROUP_EDGES).astype(np.int64)
+    """Ages in years → Adience group index 0..7 (nearest group; ties to the younger one)."""
+    return np.digitize(np.asarray(years, dtype=np.float64).ravel(), AGE_GROUP_EDGES, right=True).astype(np.int64)
 
 
 def degenerate(y_true, y_pred, n_classes: int) -> tuple[bool, str | None]:
@@ -177,7 +178,7 @@ def classification_metrics(y_true, y_pred, class_names, prob=None) -> dict:
         "degenerate_reason": reason,
     }
     if prob is not None and n_classes == 2:
-        out["roc_auc"] = roc_auc(y_true, prob)
+        out["auc"] = roc_auc(y_true, prob)
     return out
 
 
@@ -241,20 +242,35 @@ def task_metrics(task: str, y_true: dict, y_pred: dict) -> dict:
 # ---------------------------------------------------------------- model predictions
 
 
-def predict_split(model, data, cfg: dict, split: str, *, verbose="auto") -> dict:
-    """Raw model outputs for one split, keyed by output name (rows in ``data.rows(split)`` order)."""
+def predict_split(model, data, cfg: dict, split: str, *, results_root=None, verbose="auto") -> dict:
+    """Raw model outputs for one split, keyed by output name (rows in ``data.rows(split)`` order).
+
+    With ``results_root`` and ``train.feature_cache`` on, a model with a frozen prefix
+    predicts from the cached prefix features (the same numbers as from the images, up to
+    float rounding; computed once and cached on a miss); otherwise from the images.
+    """
+    from facetransfer import models, train
+
     if len(data.rows(split)) == 0:
         raise FacetransferError(f"data.split.fractions: the {split} split is empty; give it a fraction > 0")
-    feeder = data.feeder(split, batch_size=cfg["train"]["batch_size"], shuffle=False)
-    out = model.predict(feeder, verbose=verbose)
+    batch_size = cfg["train"]["batch_size"]
+    cut = None
+    if results_root is not None and cfg["train"]["feature_cache"]:
+        cut = models.split_frozen_prefix(model)
+    if cut is not None:
+        prefix, remainder = cut
+        features, _ = train.split_features(prefix, data, cfg, split, results_root)
+        out = remainder.predict(train.ArrayFeeder(features, None, batch_size=batch_size), verbose=verbose)
+    else:
+        out = model.predict(data.feeder(split, batch_size=batch_size, shuffle=False), verbose=verbose)
     if not isinstance(out, dict):
         raise FacetransferError(f"model: expected dict outputs keyed by output name, got {type(out).__name__}")
     return {name: np.asarray(value, dtype=np.float32) for name, value in out.items()}
 
 
-def evaluate_split(model, data, cfg: dict, split: str, *, verbose="auto") -> dict:
+def evaluate_split(model, data, cfg: dict, split: str, *, results_root=None, verbose="auto") -> dict:
     """Metrics of one split (used by the search on ``val``)."""
-    outputs = predict_split(model, data, cfg, split, verbose=verbose)
+    outputs = predict_split(model, data, cfg, split, results_root=results_root, verbose=verbose)
     return task_metrics(cfg["task"], data.targets(split), outputs)
 
 
@@ -294,7 +310,7 @@ def _prediction_frame(task: str, frame: pd.DataFrame, y_true: dict, out: dict) -
     return frame
 
 
-def evaluate_run(model, data, cfg: dict, *, verbose="auto") -> Evaluation:
+def evaluate_run(model, data, cfg: dict, *, results_root=None, verbose="auto") -> Evaluation:
     """Predict val and test; metrics per split and one predictions row per image.
 
     Predictions columns: ``path, split, row`` (row in the image cache), then by task
@@ -302,7 +318,8 @@ def evaluate_run(model, data, cfg: dict, *, verbose="auto") -> Evaluation:
     predicted group plus ``prob_0..prob_7``), ``y_true, y_pred, abs_error`` (age, years),
     and for age_gender the gender columns plus ``age_true, age_pred, abs_error``; then the
     columns of ``eval.subgroups`` and ``race`` / ``Young`` where the records have them.
-    An empty val split gives ``metrics["val"] = None``.
+    An empty val split gives ``metrics["val"] = None``. ``results_root``: predict from the
+    cached frozen-prefix features where possible (see :func:`predict_split`).
     """
     task = cfg["task"]
     extra = check_subgroups(cfg, data.records)
@@ -312,7 +329,7 @@ def evaluate_run(model, data, cfg: dict, *, verbose="auto") -> Evaluation:
         if split == "val" and len(data.rows(split)) == 0:
             metrics[split] = None
             continue
-        out = predict_split(model, data, cfg, split, verbose=verbose)
+        out = predict_split(model, data, cfg, split, results_root=results_root, verbose=verbose)
         y_true = data.targets(split)
         metrics[split] = task_metrics(task, y_true, out)
         recs = data.records[data.records["split"] == split]
