@@ -419,3 +419,8 @@ def test_real_data_study_is_not_synthetic_and_missing_history_is_an_error(tmp_pa
     assert not plots.study_is_synthetic(runs)
     with pytest.raises(FacetransferError, match=f"run {run_id} ended ok but .*history.csv is missing"):
         plots.read_histories(runs)
+
+
+def test_misclassified_grid_shows_ages_in_years():
+    fig = render(plots.misclassified_grid(images(1), [73.0], [41.5], labels=None, unit="y"))
+    assert visible_axes(fig)[0].get_title() == "true 73.0 y\npred 41.5 y"

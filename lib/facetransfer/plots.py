@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from facetransfer.errors import FacetransferError
 
@@ -423,6 +424,7 @@ def training_curves(history: pd.DataFrame, *, title: str = "Training curves", sy
             if col in history:
                 ax.plot(x, history[col], style, markersize=3, label=name)
         _mark_phases(ax, history, x)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(base)
         ax.set_title(base, pad=14)
@@ -456,14 +458,17 @@ def confusion_matrix(cm, labels: Sequence[str] = CLASS_NAMES, *, title: str = "C
 
 
 def misclassified_grid(images, true, pred, prob=None, *, labels: Sequence[str] | None = CLASS_NAMES, ncols: int = 8,
-                       title: str = "Misclassified test images", synthetic: bool = False) -> Figure:
-    """Images with their true and predicted labels and P(predicted class) (or years for age)."""
+                       unit: str = "", title: str = "Misclassified test images", synthetic: bool = False) -> Figure:
+    """Images with their true and predicted labels and P(predicted class).
+
+    ``labels=None`` shows the values themselves (age in years, with ``unit``)."""
     n = _check_lengths(images=images, true=true, pred=pred, prob=prob)
     if n == 0:
         return _message(title, "no misclassified images", synthetic=synthetic)
     captions = []
     for i in range(n):
-        cap = f"true {_class_name(true[i], labels)}\npred {_class_name(pred[i], labels)}"
+        suffix = f" {unit}" if unit and labels is None else ""
+        cap = f"true {_class_name(true[i], labels)}{suffix}\npred {_class_name(pred[i], labels)}{suffix}"
         if prob is not None:
             cap += f" ({float(prob[i]):.2f})"
         captions.append(cap)
@@ -692,6 +697,7 @@ def overlaid_curves(histories: Mapping[str, pd.DataFrame], *, metrics: Sequence[
             for j, (name, h) in enumerate(hs.items()):
                 if m in h:
                     ax.plot(_epochs(h), h[m], "-o", markersize=3, label=name, color=PALETTE[j % len(PALETTE)])
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("epoch")
             ax.set_ylabel(m)
             ax.set_title(f"{task}: {m}" if task else m)
@@ -913,7 +919,7 @@ def misclassified_examples(data, predictions: pd.DataFrame, *, task: str, n: int
     what = "largest age errors" if "confidence" not in picked else "misclassified images, most confident first"
     return misclassified_grid(images, picked["y_true"].tolist(), picked["y_pred"].tolist(),
                               picked["confidence"].tolist() if "confidence" in picked else None,
-                              labels=task_labels(task), ncols=ncols, title=f"{split}: {what}",
+                              labels=task_labels(task), unit="y", ncols=ncols, title=f"{split}: {what}",
                               synthetic=bool(data.dataset.synthetic))
 
 
