@@ -196,16 +196,16 @@ def decode_image(path, *, size: int, crop: str = "center") -> np.ndarray:
 
 def _decode_chunk(paths: Sequence[str], size: int, crop: str) -> tuple[np.ndarray, list[str], list[dict]]:
     """Decode a chunk: (stacked arrays of the good files, their paths, skipped entries)."""
-    arrays, ok, skipped = [], [], []
+    stack = np.empty((len(paths), size, size, 3), np.uint8)
+    ok, skipped = [], []
     for path in paths:
         try:
-            arrays.append(decode_image(path, size=size, crop=crop))
+            stack[len(ok)] = decode_image(path, size=size, crop=crop)
         except Unusable as bad:
             skipped.append({"path": path, "reason": bad.reason})
             continue
         ok.append(path)
-    stack = np.stack(arrays) if arrays else np.zeros((0, size, size, 3), np.uint8)
-    return stack, ok, skipped
+    return stack[: len(ok)], ok, skipped
 
 
 def _decoded_chunks(chunks: list[list[str]], size: int, crop: str, workers: int) -> Iterator[tuple]:
@@ -335,7 +335,7 @@ def _build(paths: list[str], key: str, file: Path, *, size, crop, workers, progr
     bar = tqdm(total=len(paths), desc=f"decode → {size}px", unit="img", disable=not progress)
     with atomic_path(file) as tmp, open(tmp, "wb") as fh, bar:
         for stack, good, bad in _decoded_chunks(chunks, size, crop, workers):
-            fh.write(stack.tobytes())
+            fh.write(np.ascontiguousarray(stack).data)
             ok.extend(good)
             skipped.extend(bad)
             bar.update(len(good) + len(bad))

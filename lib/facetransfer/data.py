@@ -1,0 +1,215 @@
+"""The notebooks' one data call: :func:`prepare`.
+
+``prepare(cfg, results_root)`` runs the whole data layer for resolved run params:
+
+1. the dataset root: ``data.root``, or a SYNTHETIC set generated once under
+   ``results_root/_synthetic`` when ``data.synthetic`` is set;
+2. ``datasets.load`` → usable records plus the loader's quarantine (stage ``load``);
+3. the task's labels: records without the label the task needs are quarantined
+   (stage ``label``, e.g. ``"no age label: task age"``);
+4. ``data.limit``: a seeded subset of that many records, stratified on the task label;
+5. the decoded-image cache at ``params.image_size(cfg)`` px under
+   ``results_root/_cache/images``; undecodable files are quarantined (stage ``decode``);
+6. the split (``data.split``; seeded with ``seed``, stratified on the task label) and a
+   leakage check.
+
+The result, :class:`PreparedData`, hands out row numbers, targets and batch feeders per
+split, and :meth:`PreparedData.provenance` says where every record went.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from facetransfer import params as P
+from facetransfer.errors import DataError, ParamError
+from facetransfer.images import ImageCache, build_cache
+from facetransfer.splits import (
+    SPLITS,
+    check_leakage,
+    make_splits,
+    save_splits,
+    stratum_labels,
+    subsample,
+)
+
+# Model outputs per task; each output reads the record column of the same name.
+TASK_OUTPUTS = {
+    "gender": ("gender",),
+    "age": ("age",),
+    "age_group": ("age_group",),
+    "age_gender": ("gender", "age"),
+}
+# The label a task's splits and `limit` are stratified on (age: binned by decade).
+TASK_STRATIFY = {"gender": "gender", "age": "age", "age_group": "age_group", "age_gender": "gender"}
+TARGET_DTYPES = {"gender": np.float32, "age": np.float32, "age_group": np.int32}
+GENDER_NAMES = {"0": "female", "1": "male"}
+QUARANTINE_COLUMNS = ["path", "reason", "stage"]
+
+
+def _reason_category(reason: str) -> str:
+    return reason.split(": ", 1)[0]
+
+
+@dataclass
+class PreparedData:
+    """Records with their split and cache row, the quarantine, and the image cache."""
+
+    cfg: dict
+    dataset: object  # facetransfer.datasets.Dataset
+    cache: ImageCache
+    records: pd.DataFrame  # usable records + "split" and "row" (row in cache.images)
+    quarantine: pd.DataFrame  # path, reason, stage ("load" | "label" | "decode")
+    image_size: int
+    n_selected: int = 0  # records with the task's labels after `limit`, before decoding
+    seconds: float = 0.0
+
+    @property
+    def task(self) -> str:
+        return self.cfg["task"]
+
+    def _split(self, split: str) -> pd.DataFrame:
+        if split not in SPLITS:
+            raise DataError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+        return self.records[self.records["split"] == split]
+
+    def rows(self, split: str) -> np.ndarray:
+        """Rows of ``cache.images`` that form ``split``, in records order."""
+        return self._split(split)["row"].to_numpy(dtype=np.int64)
+
+    def targets(self, split: str) -> dict[str, np.ndarray]:
+        """``{output name: y}`` for ``split``: gender 0/1 float32, age years float32, age_group 0..7 int32."""
+        part = self._split(split)
+        return {name: part[name].to_numpy(dtype=TARGET_DTYPES[name]) for name in TASK_OUTPUTS[self.task]}
+
+    def feeder(self, split: str, *, batch_size: int, shuffle: bool = False, augment: dict | None = None, seed: int | None = None, sample_weight=None, **kw):
+        """A :class:`~facetransfer.feeder.BatchFeeder` over ``split``.
+
+        ``augment`` (the params' ``train.augment``) is applied to the ``train`` split only;
+        for val and test it is ignored by design, so one call site can pass it for all.
+        ``seed`` defaults to the run's ``seed``. ``**kw`` goes to ``keras.utils.PyDataset``.
+        """
+        from facetransfer.feeder import BatchFeeder
+
+        return BatchFeeder(
+            self.cache.images,
+            self.rows(split),
+            self.targets(split),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=self.cfg["seed"] if seed is None else seed,
+            augment=augment if split == "train" else None,
+            sample_weight=sample_weight,
+            **kw,
+        )
+
+    def save_splits(self, path) -> None:
+        """Write ``splits.csv`` (path, subject, split) atomically."""
+        save_splits(path, self.records, self.records["split"])
+
+    def class_counts(self) -> dict[str, dict[str, int]]:
+        """Per split, records per class of the task's stratify label (age: per decade)."""
+        from facetransfer.datasets import AGE_GROUP_NAMES
+
+        column = TASK_STRATIFY[self.task]
+        labels = stratum_labels(self.records, column)
+        if column == "gender":
+            labels = labels.map(GENDER_NAMES)
+        elif column == "age_group":
+            labels = labels.map(lambda g: AGE_GROUP_NAMES[int(g)])
+        table = pd.crosstab(self.records["split"], labels)
+        return {s: {str(k): int(v) for k, v in table.loc[s].items()} for s in SPLITS if s in table.index}
+
+    def provenance(self) -> dict:
+        """Where the data came from and where every record went (JSON-ready)."""
+        ds = self.dataset
+        d = self.cfg["data"]
+        reasons = self.quarantine["reason"].map(_reason_category).value_counts()
+        counts = self.records["split"].value_counts()
+        return {
+            "dataset": ds.name,
+            "root": str(ds.root),
+            "synthetic": bool(ds.synthetic),
+            "layout": ds.layout,
+            "task": self.task,
+            "n_inputs": len(ds.records) + len(ds.skipped),
+            "n_records": len(ds.records),
+            "limit": d["limit"],
+            "n_selected": self.n_selected,
+            "n_usable": len(self.records),
+            "n_quarantined": len(self.quarantine),
+            "quarantine_by_stage": {k: int(v) for k, v in self.quarantine["stage"].value_counts().items()},
+            "quarantine_by_reason": {k: int(v) for k, v in reasons.items()},
+            "split": {"source": d["split"]["source"], "fractions": d["split"]["fractions"], "test_fold": d["split"]["test_fold"], "seed": self.cfg["seed"], "stratify": TASK_STRATIFY[self.task]},
+            "split_counts": {s: int(counts.get(s, 0)) for s in SPLITS},
+            "class_counts": self.class_counts(),
+            "image_size": self.image_size,
+            "crop": d["crop"],
+            "cache": {"key": self.cache.key, "hit": self.cache.hit, "seconds": round(self.cache.seconds, 3), "build_seconds": self.cache.build_seconds, "n_images": len(self.cache.paths)},
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _root(d: dict, results_root, progress: bool) -> Path:
+    if d["synthetic"] is None:
+        return Path(d["root"]).expanduser()
+    from facetransfer import synthetic
+
+    s = d["synthetic"]
+    return synthetic.ensure(results_root, d["dataset"], n=s["n"], seed=s["seed"], size=s["size"], progress=progress)
+
+
+def _check_attributes(records: pd.DataFrame, attributes: list[str], dataset: str) -> None:
+    for name in attributes:
+        if name not in records.columns:
+            raise ParamError("data.attributes", f"{name!r} is not a column of {dataset}; available: {', '.join(map(str, records.columns))}")
+
+
+def _with_labels(records: pd.DataFrame, task: str) -> tuple[pd.DataFrame, list[dict]]:
+    """Records that carry every label ``task`` needs, and quarantine entries for the rest."""
+    keep = pd.Series(True, index=records.index)
+    skipped = []
+    for name in TASK_OUTPUTS[task]:
+        lacking = keep & records[name].isna()
+        skipped += [{"path": p, "reason": f"no {name} label: task {task}"} for p in records.loc[lacking, "path"]]
+        keep &= ~lacking
+    return records[keep], skipped
+
+
+def _quarantine(**stages: list[dict]) -> pd.DataFrame:
+    rows = [{"path": q["path"], "reason": q["reason"], "stage": stage} for stage, entries in stages.items() for q in entries]
+    return pd.DataFrame(rows, columns=QUARANTINE_COLUMNS)
+
+
+def prepare(cfg: dict, results_root, *, progress: bool = True) -> PreparedData:
+    """Load, label-check, subsample, decode, split and leak-check the run's data."""
+    from facetransfer import datasets
+
+    start = time.perf_counter()
+    cfg = P.resolve_run(cfg)
+    d, task = cfg["data"], cfg["task"]
+    ds = datasets.load(d["dataset"], _root(d, results_root, progress), folder=d["folder"], frontal=d["frontal"], progress=progress)
+    _check_attributes(ds.records, d["attributes"], d["dataset"])
+    records, label_skipped = _with_labels(ds.records, task)
+    if records.empty:
+        raise DataError(f"{d['dataset']}: none of the {len(ds.records)} records in {ds.root} has the labels task {task} needs ({', '.join(TASK_OUTPUTS[task])})")
+    if d["limit"] is not None:
+        records = subsample(records, d["limit"], seed=cfg["seed"], stratify=TASK_STRATIFY[task])
+    size = P.image_size(cfg)
+    cache = build_cache(records["path"], size=size, crop=d["crop"], cache_dir=Path(results_root) / "_cache" / "images", progress=progress)
+    quarantine = _quarantine(load=ds.skipped, label=label_skipped, decode=cache.skipped)
+    decoded = set(cache.paths)
+    records = records[records["path"].isin(decoded)].reset_index(drop=True)
+    if records.empty:
+        first = cache.skipped[0]["reason"] if cache.skipped else "none decoded"
+        raise DataError(f"{d['dataset']}: none of the images in {ds.root} could be decoded (e.g. {first})")
+    records["row"] = cache.rows(records["path"])
+    split_cfg = d["split"]
+    records["split"] = make_splits(records, source=split_cfg["source"], fractions=split_cfg["fractions"], seed=cfg["seed"], stratify=TASK_STRATIFY[task], test_fold=split_cfg["test_fold"])
+    check_leakage(records, records["split"])
+    return PreparedData(cfg=cfg, dataset=ds, cache=cache, records=records, quarantine=quarantine, image_size=size, n_selected=len(cache.paths) + len(cache.skipped), seconds=time.perf_counter() - start)
