@@ -1,11 +1,19 @@
 """Metric functions against scikit-learn, the degenerate flag, and evaluate_run."""
 
+from pathlib import Path
+from types import SimpleNamespace
+
+import keras
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
 from facetransfer import evaluate as E
+from facetransfer import params
+from facetransfer.data import PreparedData
 from facetransfer.errors import ParamError
+from facetransfer.images import ImageCache
 
 RNG = np.random.default_rng(7)
 
@@ -115,3 +123,102 @@ def test_task_metrics_age_gender_layout():
     assert m["outputs"]["age"]["mae"] == pytest.approx(3.0)
     with pytest.raises(ParamError, match="task"):
         E.task_metrics("height", {}, {})
+
+
+# ---------------------------------------------------------------- evaluate_run
+
+
+def _data(task, *, n=30, with_val=True):
+    """A PreparedData over an in-memory image array (no decoding), with a race column."""
+    rng = np.random.default_rng(1)
+    cfg = params.resolve_run({
+        "task": task,
+        "data": {"dataset": "folder", "root": "/tiny", "folder": {"gender_column": "g", "age_column": "a"}},
+        "model": {"backbone": "compact", "weights": "none", "strategy": "full"},
+        "train": {"batch_size": 7},
+        "eval": {"subgroups": ["race"]},
+    })
+    images = rng.integers(0, 256, (n, 8, 8, 3)).astype(np.uint8)
+    age = rng.uniform(1, 90, n).round()
+    split = (["train"] * 10 + ["val"] * 10 + ["test"] * 10) if with_val else (["train"] * 20 + ["test"] * 10)
+    order = rng.permutation(n)  # records not in cache-row order
+    records = pd.DataFrame({
+        "path": [f"/tiny/{i}.png" for i in order], "gender": rng.integers(0, 2, n), "age": age,
+        "age_group": E.age_to_group(age), "race": rng.choice(["a", "b"], n), "split": split, "row": order,
+    })
+    cache = ImageCache(key="t", images=images, paths=[f"/tiny/{i}.png" for i in range(n)], skipped=[], hit=True, seconds=0.0, size=8, crop="center")
+    ds = SimpleNamespace(name="folder", root=Path("/tiny"), synthetic=True, layout="test", records=records, skipped=[])
+    data = PreparedData(cfg=cfg, dataset=ds, cache=cache, records=records, quarantine=pd.DataFrame(columns=["path", "reason", "stage"]), image_size=8)
+    return cfg, data
+
+
+def _known_model(task):
+    """Outputs that are simple functions of the mean colour, so predictions can be checked."""
+    inp = keras.Input((8, 8, 3))
+    mean = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inp))
+    outputs = {}
+    if task in ("gender", "age_gender"):
+        outputs["gender"] = keras.layers.Dense(1, activation="sigmoid", name="gender")(mean)
+    if task in ("age", "age_gender"):
+        outputs["age"] = keras.layers.Dense(1, name="age")(mean)
+    if task == "age_group":
+        outputs["age_group"] = keras.layers.Dense(8, activation="softmax", name="age_group")(mean)
+    model = keras.Model(inp, outputs)
+    for name in outputs:
+        layer = model.get_layer(name)
+        kernel = np.zeros(layer.kernel.shape, dtype="float32")
+        kernel[0] = 6.0 if name != "age" else 100.0  # red channel drives every output
+        kernel[1, 1:] = -np.arange(1, kernel.shape[1])  # spreads the age-group logits
+        layer.set_weights([kernel, np.array([-3.0] * kernel.shape[1], dtype="float32") if name == "gender" else np.zeros(kernel.shape[1], "float32")])
+    return model
+
+
+def _mean_red(data, paths):
+    rows = [data.cache.paths.index(p) for p in paths]
+    return data.cache.images[rows][..., 0].astype(np.float64).mean(axis=(1, 2)) / 255
+
+
+def test_evaluate_run_gender_predictions_line_up_with_records():
+    cfg, data = _data("gender")
+    ev = E.evaluate_run(_known_model("gender"), data, cfg, verbose=0)
+    pred = ev.predictions
+    assert list(pred.columns[:7]) == ["path", "split", "row", "y_true", "prob", "y_pred", "correct"]
+    assert "race" in pred and list(pred["split"].unique()) == ["val", "test"]
+    expected = 1 / (1 + np.exp(-(6.0 * _mean_red(data, pred["path"]) - 3.0)))
+    np.testing.assert_allclose(pred["prob"], expected, rtol=1e-4)
+    truth = data.records.set_index("path").loc[pred["path"]]
+    np.testing.assert_array_equal(pred["y_true"], truth["gender"])
+    np.testing.assert_array_equal(pred["race"], truth["race"])
+    test = pred[pred["split"] == "test"]
+    assert ev.metrics["test"] == E.gender_metrics(test["y_true"], test["prob"])
+    assert ev.metrics["val"]["n"] == 10
+
+
+def test_evaluate_run_age_gender_and_age_group_layouts():
+    cfg, data = _data("age_gender")
+    ev = E.evaluate_run(_known_model("age_gender"), data, cfg, verbose=0)
+    pred = ev.predictions
+    assert {"y_true", "prob", "y_pred", "age_true", "age_pred", "abs_error"} <= set(pred.columns)
+    np.testing.assert_allclose(pred["age_pred"], 100 * _mean_red(data, pred["path"]), rtol=1e-4)
+    test = ev.metrics["test"]
+    assert test["mae"] == pytest.approx(pred.loc[pred["split"] == "test", "abs_error"].mean(), rel=1e-5)
+    assert test["accuracy"] == test["outputs"]["gender"]["accuracy"] and "mae" in test["outputs"]["age"]
+
+    cfg, data = _data("age_group")
+    ev = E.evaluate_run(_known_model("age_group"), data, cfg, verbose=0)
+    pred = ev.predictions
+    probs = pred[[f"prob_{k}" for k in range(8)]].to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(pred["y_pred"], probs.argmax(axis=1))
+    assert np.array(ev.metrics["test"]["confusion_matrix"]).shape == (8, 8)
+    assert "one_off_accuracy" in ev.metrics["test"]
+
+
+def test_evaluate_run_without_val_and_bad_subgroup():
+    cfg, data = _data("age", with_val=False)
+    ev = E.evaluate_run(_known_model("age"), data, cfg, verbose=0)
+    assert ev.metrics["val"] is None and set(ev.predictions["split"]) == {"test"}
+    assert ev.metrics["test"]["mae"] == pytest.approx(ev.predictions["abs_error"].mean(), rel=1e-5)
+    bad = {**cfg, "eval": {**cfg["eval"], "subgroups": ["Smiling"]}}
+    with pytest.raises(ParamError, match="eval.subgroups.*'Smiling'"):
+        E.evaluate_run(_known_model("age"), data, bad, verbose=0)
