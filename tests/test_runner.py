@@ -29,7 +29,7 @@ EXPLORE = """\
 import pathlib
 from facetransfer.io import atomic_write_json
 assert pathlib.Path.cwd() == pathlib.Path(out_dir)
-atomic_write_json(pathlib.Path(out_dir) / "explore.json", {"dataset": data["dataset"]})
+atomic_write_json(pathlib.Path(out_dir) / "explore.json", {"dataset": data["dataset"], "task": task, "seed": seed})
 print("explored", data["dataset"])
 """
 
@@ -75,7 +75,7 @@ display(Image(data=base64.b64decode("{PNG_1PX}")))
 """
 
 PARAMETERS = {
-    "01_explore.ipynb": ("data = None\nout_dir = None\nresults_root = None", EXPLORE),
+    "01_explore.ipynb": ("data = None\ntask = None\nseed = None\naugment = None\nout_dir = None\nresults_root = None", EXPLORE),
     "02_search.ipynb": ("search = None\nbase_params = None\nout_dir = None\nresults_root = None", SEARCH),
     "03_finetune.ipynb": ("params = None\nrun_id = None\nrun_dir = None\nresults_root = None", FINETUNE),
     "04_compare.ipynb": ("study_dir = None", COMPARE),
@@ -161,6 +161,7 @@ def test_dry_run_prints_json_lines_and_executes_nothing(tmp_path, notebooks, cap
     explore, search = lines[0], lines[1]
     assert re.fullmatch(r"[0-9a-f]{12}", explore["run_id"]) and explore["stage"] == "explore"
     assert explore["params"]["data"] == study.base_params["data"]
+    assert explore["params"]["task"] == "gender" and explore["params"]["augment"] is None
     assert search["params"]["base_params"] == study.base_params
     assert lines[-1]["params"] == {"study_dir": str((results / "tiny").resolve())}
 
@@ -195,7 +196,7 @@ def test_study_runs_every_stage_and_writes_artifacts(executed):
         injected = [c for c in executed_nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
         assert run.run_id in injected[0].source
         assert not list(run_dir.glob(".*.tmp.ipynb"))
-    assert json.loads((study_dir / "explore" / "explore.json").read_text()) == {"dataset": "celeba"}
+    assert json.loads((study_dir / "explore" / "explore.json").read_text()) == {"dataset": "celeba", "task": "gender", "seed": 0}
     assert sorted(json.loads((study_dir / "compare" / "compared.json").read_text())["runs"]) == sorted(r.run_id for r in study.runs)
     for stage in ("explore", "compare"):
         assert json.loads((study_dir / stage / ".done.json").read_text())["stage"] == stage

@@ -104,7 +104,15 @@ class Execution:
 def stage_execution(study: Study, stage: str, study_dir: Path, results_root: Path) -> Execution:
     out_dir = study_dir / stage
     if stage == "explore":
-        parameters = {"data": study.base_params["data"], "out_dir": str(out_dir), "results_root": str(results_root)}
+        base = study.base_params
+        parameters = {
+            "data": base["data"],
+            "task": base["task"],
+            "seed": base["seed"],
+            "augment": base["train"]["augment"],
+            "out_dir": str(out_dir),
+            "results_root": str(results_root),
+        }
         needs: tuple[str, ...] = ()
     elif stage == "search":
         parameters = {"search": study.search, "base_params": study.base_params, "out_dir": str(out_dir), "results_root": str(results_root)}
