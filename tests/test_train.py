@@ -30,13 +30,12 @@ def tiny_cfg(task="gender", **train_over):
 
 def tiny_data(cfg, *, n=48, female_share=0.5, seed=0, size=SIZE):
     """A PreparedData over an in-memory image array whose labels show in the pixels."""
-    SIZE = size  # noqa: N806
     rng = np.random.default_rng(seed)
     gender = (rng.random(n) >= female_share).astype(int)
     age = rng.uniform(1, 80, n).round()
-    images = rng.integers(0, 60, (n, SIZE, SIZE, 3)).astype(np.uint8)
-    images[:, :, : SIZE // 2, 0] += (gender * 150).astype(np.uint8)[:, None, None]
-    images[:, SIZE // 2 :, :, 1] += (age * 2).astype(np.uint8)[:, None, None]
+    images = rng.integers(0, 60, (n, size, size, 3)).astype(np.uint8)
+    images[:, :, : size // 2, 0] += (gender * 150).astype(np.uint8)[:, None, None]
+    images[:, size // 2 :, :, 1] += (age * 2).astype(np.uint8)[:, None, None]
     paths = [f"/tiny/{i:03d}.png" for i in range(n)]
     n_train, n_val = int(n * 2 / 3), n // 6
     split = ["train"] * n_train + ["val"] * n_val + ["test"] * (n - n_train - n_val)
@@ -44,10 +43,10 @@ def tiny_data(cfg, *, n=48, female_share=0.5, seed=0, size=SIZE):
         "path": paths, "gender": gender, "age": age, "age_group": evaluate.age_to_group(age),
         "subject": [f"s{i}" for i in range(n)], "race": rng.choice(["0", "1"], n), "split": split, "row": np.arange(n),
     })
-    cache = ImageCache(key="tiny", images=images, paths=paths, skipped=[], hit=True, seconds=0.0, size=SIZE, crop="center")
+    cache = ImageCache(key="tiny", images=images, paths=paths, skipped=[], hit=True, seconds=0.0, size=size, crop="center")
     dataset = SimpleNamespace(name="folder", root=Path("/tiny"), synthetic=True, layout="test", records=records, skipped=[])
     quarantine = pd.DataFrame(columns=["path", "reason", "stage"])
-    return PreparedData(cfg=cfg, dataset=dataset, cache=cache, records=records, quarantine=quarantine, image_size=SIZE)
+    return PreparedData(cfg=cfg, dataset=dataset, cache=cache, records=records, quarantine=quarantine, image_size=size)
 
 
 def tiny_model(task, seed=0):
