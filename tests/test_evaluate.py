@@ -125,6 +125,12 @@ def test_task_metrics_age_gender_layout():
         E.task_metrics("height", {}, {})
 
 
+def test_non_finite_outputs_are_degenerate():
+    y = np.array([0, 1, 0, 1])
+    m = E.task_metrics("gender", {"gender": y}, {"gender": np.array([0.1, np.nan, 0.2, 0.9])})
+    assert m["degenerate"] and "1 non-finite" in m["degenerate_reason"]
+
+
 # ---------------------------------------------------------------- evaluate_run
 
 

@@ -225,7 +225,19 @@ def age_metrics(y_true, y_pred) -> dict:
 
 
 def task_metrics(task: str, y_true: dict, y_pred: dict) -> dict:
-    """Metrics of one split from true labels and raw model outputs, both keyed by output name."""
+    """Metrics of one split from true labels and raw model outputs, both keyed by output name.
+
+    Non-finite outputs (a diverged model) make the split ``degenerate`` with that reason.
+    """
+    metrics = _task_metrics(task, y_true, y_pred)
+    bad = sum(int((~np.isfinite(np.asarray(v, dtype=np.float64))).sum()) for v in y_pred.values())
+    if bad:
+        metrics["degenerate"] = True
+        metrics["degenerate_reason"] = f"{bad} non-finite model outputs (did training diverge?)"
+    return metrics
+
+
+def _task_metrics(task: str, y_true: dict, y_pred: dict) -> dict:
     if task == "gender":
         return gender_metrics(y_true["gender"], y_pred["gender"])
     if task == "age":
