@@ -40,7 +40,7 @@ def test_summary_json_utkface(tmp_path, capsys):
     s = run_json(capsys, "--dataset", "utkface", "--root", str(make_utkface(tmp_path)))
     assert s["dataset"] == "utkface" and s["layout"] == "utkface-chip" and s["synthetic"] is False
     assert s["root"] == str(tmp_path / "UTKFace")
-    assert s["n_records"] == 3 and s["n_usable"] == 3
+    assert s["n_records"] == 4 and s["n_usable"] == 3 and len(s["skipped"]) == 1  # 39_1_<date>: no race
     assert s["gender_counts"] == {"female": 2, "male": 1}
     assert s["age"] == {"count": 3, "mean": 32.0, "min": 25.0, "max": 41.0, "median": 30.0}
     assert s["skipped"] == [{"path": str(tmp_path / "UTKFace" / "39_1_20170116174525128.jpg.chip.jpg"),

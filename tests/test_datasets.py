@@ -432,7 +432,8 @@ def test_adience_frontal(tmp_path):
         "landmark_aligned_face.23.img23.jpg": "image file without label row",
     }
     s = datasets.summary(ds)
-    assert s["n_records"] == 11 and s["n_usable"] == 9 and s["gender_unknown"] == 2
+    assert s["n_loaded"] == 11 and s["n_usable"] == 9 and s["gender_unknown"] == 2
+    assert s["n_records"] == s["n_loaded"] + s["n_skipped"] == 15
     assert s["age_group_counts"]["25-32"] == 3 and s["usable_by_label"]["age_group"] == 10
     assert s["fold_counts"] == {"0": 2, "1": 2, "2": 2, "3": 2, "4": 3} and s["n_subjects"] == 5
     assert "usable for gender: 9" in datasets.format_summary(s)
@@ -573,7 +574,8 @@ def test_summary_is_plain_json_and_consistent(tmp_path):
     s = datasets.summary(ds)
     back = json.loads(json.dumps(s))  # plain Python types only
     assert back["dataset"] == "celeba" and back["layout"] == "original-txt" and back["synthetic"] is False
-    assert back["n_records"] == len(ds.records) == back["n_usable"] == 6
+    assert back["n_loaded"] == len(ds.records) == back["n_usable"] == 6
+    assert back["n_records"] == back["n_loaded"] + len(ds.skipped)
     assert back["gender_counts"] == {"female": 3, "male": 3} and back["age"] is None
     assert back["source_split_counts"] == {"train": 4, "val": 1, "test": 1}
     assert back["n_subjects"] == 3 and back["n_skipped"] == len(back["skipped"]) == 10

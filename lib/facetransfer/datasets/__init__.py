@@ -71,9 +71,10 @@ def _counts(series, names=None) -> dict[str, int]:
 def summary(ds: Dataset) -> dict:
     """Counts, label balance and skipped inputs of ``ds`` as a JSON-ready dict.
 
-    ``n_records`` is the number of rows of ``ds.records``; ``n_usable`` the records with
-    a known gender (for a ``folder`` set without gender: with any label), so Adience rows
-    of unknown gender count in ``n_records`` but not in ``n_usable``.
+    ``n_records`` counts every input the loader found: the rows of ``ds.records``
+    (``n_loaded``) plus everything in ``skipped``. ``n_usable`` counts the records with a
+    known gender (for a ``folder`` set without gender: with any label), so Adience rows of
+    unknown gender count in ``n_loaded`` but not in ``n_usable``.
     ``usable_by_label`` gives the count for each label the dataset provides.
     ``skipped_by_reason`` counts ``skipped`` by reason category.
     """
@@ -95,7 +96,8 @@ def summary(ds: Dataset) -> dict:
         "root": str(ds.root),
         "layout": ds.layout,
         "synthetic": bool(ds.synthetic),
-        "n_records": int(len(rec)),
+        "n_records": int(len(rec)) + len(ds.skipped),
+        "n_loaded": int(len(rec)),
         "n_usable": n_usable,
         "usable_by_label": usable,
         "gender_counts": {"female": int((rec["gender"] == 0).sum()), "male": int((rec["gender"] == 1).sum())},
