@@ -116,6 +116,13 @@ def _ci_columns(table: pd.DataFrame, metric: str) -> tuple[str, str] | None:
     return None
 
 
+def _mark_missing(ax, y, values) -> None:
+    """Write "n/a" where a bar has no value (e.g. accuracy of an age regressor)."""
+    for yi, v in zip(y, values, strict=True):
+        if not np.isfinite(v):
+            ax.text(0.005, yi, "n/a", va="center", fontsize=7, color="gray", transform=ax.get_yaxis_transform())
+
+
 def _class_name(value, labels: Sequence[str] | None) -> str:
     if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
         return "unknown"
@@ -571,16 +578,19 @@ def subgroup_bars(table: pd.DataFrame, *, metric: str | None = None, title: str 
     groups = list(dict.fromkeys(frame["_label"]))
     ci = _ci_columns(frame, metric)
     height = 0.8 / len(runs)
-    fig, axes = _figure(size=(7.5, 1.2 + 0.45 * len(groups) * max(1, len(runs) * 0.6)))
+    fig, axes = _figure(size=(9.0, 1.6 + len(groups) * (0.25 + 0.2 * len(runs))))
     ax = axes[0, 0]
     for j, run in enumerate(runs):
-        part = frame[frame["_run"] == run].drop_duplicates("_label").set_index("_label").reindex(groups)
+        part = frame[frame["_run"] == run].drop_duplicates("_label").set_index("_label")
+        exists = np.isin(groups, part.index)
+        part = part.reindex(groups)
         values = pd.to_numeric(part[metric], errors="coerce").to_numpy(dtype=float)
         y = np.arange(len(groups)) + (j - (len(runs) - 1) / 2) * height
         xerr = None
         if ci is not None:
             xerr = np.vstack([values - part[ci[0]].to_numpy(dtype=float), part[ci[1]].to_numpy(dtype=float) - values]).clip(min=0)
-        bars = ax.barh(y, values, height, xerr=xerr, capsize=2, label=run or None, color=PALETTE[(j + 1) % len(PALETTE)])
+        bars = ax.barh(y, np.nan_to_num(values), height, xerr=xerr, capsize=2, label=run or None, color=PALETTE[(j + 1) % len(PALETTE)])
+        _mark_missing(ax, y[exists], values[exists])
         if "n" in part:
             ax.bar_label(bars, labels=[f"{v:.3f} (n={int(k)})" if pd.notna(k) else "" for v, k in zip(values, part["n"], strict=True)],
                          fontsize=7, padding=3)
@@ -615,7 +625,7 @@ def metric_bars(table: pd.DataFrame, *, metrics: Sequence[str] | None = None, la
     bad = _degenerate(table)
     width = 0.8 / len(metrics)
     y = np.arange(len(table))
-    fig, axes = _figure(size=(8.0, 1.4 + 0.35 * len(table) * len(metrics)))
+    fig, axes = _figure(size=(10.0, 1.6 + len(table) * (0.25 + 0.16 * len(metrics))))
     ax = axes[0, 0]
     for j, m in enumerate(metrics):
         values = pd.to_numeric(table[m], errors="coerce").to_numpy(dtype=float)
@@ -625,8 +635,9 @@ def metric_bars(table: pd.DataFrame, *, metrics: Sequence[str] | None = None, la
             lo = pd.to_numeric(table[ci[0]], errors="coerce").to_numpy(dtype=float)
             hi = pd.to_numeric(table[ci[1]], errors="coerce").to_numpy(dtype=float)
             xerr = np.vstack([values - lo, hi - values]).clip(min=0)
-        ax.barh(y + (j - (len(metrics) - 1) / 2) * width, values, width, xerr=xerr, capsize=2,
+        ax.barh(y + (j - (len(metrics) - 1) / 2) * width, np.nan_to_num(values), width, xerr=xerr, capsize=2,
                 label=m, color=PALETTE[(j + 1) % len(PALETTE)], edgecolor=[RED if b else "none" for b in bad])
+        _mark_missing(ax, y + (j - (len(metrics) - 1) / 2) * width, values)
     ax.set_yticks(y, [f"{n} (degenerate)" if b else n for n, b in zip(names, bad, strict=True)])
     for tick, b in zip(ax.get_yticklabels(), bad, strict=True):
         if b:
