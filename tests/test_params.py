@@ -47,23 +47,3 @@ def test_describe_lists_every_leaf():
     keys = {row.key for row in describe()}
     assert {"model.head.dropout", "train.early_stopping.patience", "data.split.source"} <= keys
 
-
-def test_atomic_write_leaves_no_temp_and_normal_permissions(tmp_path):
-    import os
-    import stat
-
-    import pytest
-
-    from facetransfer.io import atomic_write_json, read_json
-
-    target = tmp_path / "sub" / "metrics.json"
-    atomic_write_json(target, {"a": 1})
-    assert read_json(target) == {"a": 1}
-    assert [p.name for p in target.parent.iterdir()] == ["metrics.json"]
-    mask = os.umask(0)
-    os.umask(mask)
-    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
-    with pytest.raises(TypeError):
-        atomic_write_json(target, {"bad": object()})
-    assert read_json(target) == {"a": 1}  # the old file survives a failed write
-    assert [p.name for p in target.parent.iterdir()] == ["metrics.json"]
