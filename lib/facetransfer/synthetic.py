@@ -296,15 +296,20 @@ def _plan_celeba(n: int, seed: int) -> tuple[list[dict], list[str]]:
     sizes[-1] -= sum(sizes) - n
     identity_ids = rng.permutation(len(sizes)) + 1
     partitions: dict[int, list[tuple[int, int]]] = {0: [], 1: [], 2: []}
+    members: dict[int, list[int]] = {0: [], 1: [], 2: []}
     done = 0
     for k, count in enumerate(sizes):
         part = 0 if done < 0.8 * n else (1 if done < 0.9 * n else 2)
         partitions[part].extend((k, j) for j in range(count))
+        members[part].append(k)
         done += count
+    male = np.zeros(len(sizes), bool)  # 42 % of the identities of each partition are male
+    for ids in members.values():
+        male[rng.permutation(np.array(ids, dtype=int))[: round(0.42 * len(ids))]] = True
     specs = []
     for part in (0, 1, 2):
         for k, j in (partitions[part][i] for i in rng.permutation(len(partitions[part]))):
-            person = _sample_person(np.random.default_rng([seed, _PERSON, k]), layout="celeba")
+            person = _sample_person(np.random.default_rng([seed, _PERSON, k]), layout="celeba", male=bool(male[k]))
             look_rng = np.random.default_rng([seed, _LOOK, k, j])
             spec = _sample_look(look_rng, person)
             spec["labels"] = _celeba_labels(spec, look_rng)
@@ -319,9 +324,11 @@ def _plan_utkface(n: int, seed: int) -> tuple[list[dict], list[str]]:
     """One person per image; names ``age_gender_race_datetime.jpg.chip.jpg``, gender 0 = male."""
     rng = np.random.default_rng([seed, _PLAN, 1])
     start = datetime(2016, 12, 19, 9, 0, 0)
+    male = np.zeros(n, bool)  # 52 % male, as in UTKFace
+    male[rng.permutation(n)[: round(0.52 * n)]] = True
     specs, names = [], []
     for i in range(n):
-        person = _sample_person(np.random.default_rng([seed, _PERSON, i]), layout="utkface")
+        person = _sample_person(np.random.default_rng([seed, _PERSON, i]), layout="utkface", male=bool(male[i]))
         spec = _sample_look(np.random.default_rng([seed, _LOOK, i, 0]), person)
         stamp = start + timedelta(milliseconds=i * 1931 + int(rng.integers(0, 1900)))
         code = stamp.strftime("%Y%m%d%H%M%S") + f"{stamp.microsecond // 1000:03d}"
@@ -349,20 +356,18 @@ def _utk_age(rng) -> int:
     return int(np.clip(round(age), 1, 90))
 
 
-def _sample_person(rng, *, layout: str) -> dict:
+def _sample_person(rng, *, layout: str, male: bool) -> dict:
     """Latent traits of one synthetic person (shared by all of their images)."""
     if layout == "celeba":
-        male = bool(rng.random() < 0.42)
-        age = int(np.clip(round(rng.normal(35, 11) if male else rng.normal(29, 9)), 16, 80))
+        age = int(np.clip(round(rng.normal(34, 12) if male else rng.normal(29, 9.5)), 16, 80))
         race = str(rng.choice(UTK_RACES, p=[0.72, 0.09, 0.10, 0.05, 0.04]))
     else:
-        male = bool(rng.random() < 0.52)
         age = _utk_age(rng)
         race = str(rng.choice(UTK_RACES, p=[0.42, 0.19, 0.15, 0.17, 0.07]))
     adult = float(np.clip((age - 8) / 10, 0.15, 1.0))  # how far gender shapes the face
     m = (rng.normal(0.75, 0.7) if male else rng.normal(-0.75, 0.7)) * adult
     child = float(np.clip((14 - age) / 12, 0.0, 1.0))
-    old = float(np.clip((age - 28) / 45 * rng.uniform(0.75, 1.25), 0.0, 1.0))  # some age better
+    old = float(np.clip((age - 25) / 45 * rng.uniform(0.75, 1.25), 0.0, 1.0))  # some age better
     f = not male
     p = {"male": male, "age": age, "race": race, "m": m, "child": child, "old": old}
 
@@ -417,7 +422,7 @@ def _sample_person(rng, *, layout: str) -> dict:
     else:
         weights = [0.82, 0.15, 0.0, 0.0, 0.0, 0.03]
     kind = str(rng.choice(["black", "brown", "blond", "gray", "red", "dark_blond"], p=weights))
-    grey = float(np.clip((age - 35) / 35 + rng.normal(0, 0.12), 0, 1))
+    grey = float(np.clip((age - 32) / 30 + rng.normal(0, 0.12), 0, 1)) * (1.0 if male else 0.7)  # dye
     if rng.random() < _sigmoid((age - 60) / 5):
         kind, grey = "gray", max(grey, 0.8)
     hair = np.array(_HAIR[kind], float) * (1 + rng.normal(0, 0.08))
@@ -425,6 +430,7 @@ def _sample_person(rng, *, layout: str) -> dict:
         hair = np.array(_HAIR["gray"], float) * (1 + 0.12 * grey)
     else:
         hair = hair * (1 - grey) + np.array([205, 203, 200]) * grey
+        kind = "gray" if grey >= 0.6 else kind  # the label follows what is drawn
     if age < 3:  # babies: thin, light hair that shows the scalp
         hair = 0.55 * hair + 0.45 * np.array(p["skin"])
     p["hair_kind"], p["hair"] = kind, _rgb(hair)
@@ -441,7 +447,7 @@ def _sample_person(rng, *, layout: str) -> dict:
     p["hair_vol"] = rng.uniform(0.05, 0.16) + 0.06 * (length > 1.0) if age >= 3 else 0.02
     p["bald"] = male and age >= 17 and rng.random() < 0.01 + 0.3 * _sigmoid((age - 55) / 6)
     p["receding"] = not p["bald"] and rng.random() < (0.05 + 0.35 * _sigmoid((age - 45) / 7) if male else 0.03)
-    p["bangs"] = not p["bald"] and age >= 3 and rng.random() < (0.06 if male else 0.22)
+    p["bangs"] = not (p["bald"] or p["receding"]) and age >= 3 and rng.random() < (0.06 if male else 0.22)
     p["wavy"] = length > 0.4 and rng.random() < (0.2 if male else 0.5)
     p["straight"] = not p["wavy"] and length > 0.25 and rng.random() < 0.5
     p["hairline"] = -0.68 + rng.normal(0, 0.04) - 0.2 * (age < 3)
@@ -739,11 +745,11 @@ def _draw_age(pen: _Pen, s: dict, c: dict) -> None:
     if old <= 0.05:
         return
     line = (*_rgb(np.array(c["skin_dark"]) * 0.85), int(70 + 185 * old))
-    soft = (*_rgb(np.array(c["skin_dark"]) * 0.9), int(110 * old))
+    soft = (*_rgb(np.array(c["skin_dark"]) * 0.9), int(150 * old))
     ey, my, ny = s["eye_y"], s["mouth_y"], s["nose_y"]
     for k in range(1 + int(4 * old)):  # forehead
         xs = np.linspace(-0.32, 0.32, 7)
-        pen.line(xs, -0.48 - 0.075 * k + 0.03 * (xs / 0.32) ** 2, line, 0.014, feature=True)
+        pen.line(xs, -0.48 - 0.075 * k + 0.03 * (xs / 0.32) ** 2, line, 0.018, feature=True)
     for side in (-1, 1):
         nx, mx = s["nose_w"] + 0.05, s["mouth_w"] + 0.06
         fold_x, fold_y = side * np.array([nx, nx + 0.07, mx]), np.array([ny + 0.0, ny + 0.15, my + 0.07])
