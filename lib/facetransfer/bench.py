@@ -1,0 +1,498 @@
+"""``facetransfer bench``: the seed-style pipeline and facetransfer's, side by side.
+
+The studies we reproduce fed Keras from ``ImageDataGenerator().flow_from_dataframe``:
+every epoch re-decoded every JPEG and pushed every image through the frozen layers.
+facetransfer decodes once into a uint8 cache (:mod:`facetransfer.images`), runs a frozen
+prefix once and caches its outputs (:mod:`facetransfer.features`) and feeds batches from
+the caches (:mod:`facetransfer.feeder`); :func:`facetransfer.train.fit` picks the path.
+
+Each case times both pipelines in one process, on the same SYNTHETIC CelebA-layout JPEGs
+(178x218), the same model (same seed, so the same initial weights), the same train/val
+split, batch size and number of epochs:
+
+- ``baseline``: ``models.build_model`` + ``train.compile_model`` + ``model.fit`` on the
+  WHOLE model, fed by Keras' legacy ``ImageDataGenerator().flow_from_dataframe``
+  (Pillow decode + nearest resize of every image, every epoch; validation likewise).
+- ``facetransfer``: ``data.prepare`` with a cold image cache (loading the labels,
+  decoding every JPEG once) + ``models.build_model`` + ``train.fit`` with a cold feature
+  cache. The one-time caching is inside facetransfer's time.
+
+Cases: (a) ``vgg16_frozen``, (b) ``vgg16_last_block``, (c) ``mobilenetv2_full`` (the
+default set) and (c') ``compact_full`` (the small custom CNN; ``--cases compact_full``). VGG16
+gets its weights from a local ``.weights.h5`` written here from a seeded random
+initialisation (no internet, so no ImageNet download; the params forbid freezing
+``weights: none``; speed does not depend on the weight values). For (c) the bench also
+measures the model fed from an in-memory numpy array ("model only"), so the share of that
+throughput which facetransfer's input pipeline delivers can be read off. Case (a) is
+followed by a re-run that changes only the learning rate and the head's width: it shows
+the cache-hit lines of ``train.fit`` (no decoding, no feature extraction).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from facetransfer.errors import FacetransferError
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big a bench run is."""
+
+    n: int  # synthetic images; CelebA's own partition, about 80 / 10 / 10 (test unused)
+    epochs: int
+    image_size: int  # model input and cache side in px
+    batch_size: int = 32
+    jpeg_height: int = 218  # CelebA aligned: 178 x 218
+
+
+QUICK = Sizes(n=300, epochs=3, image_size=64)
+FULL = Sizes(n=1500, epochs=10, image_size=64)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    label: str
+    backbone: str
+    strategy: str
+    weights: str  # "local": a VGG16 weights file written by the bench; or "none"
+    target: float  # speed-up asked for over 10 epochs, one-time caching included
+
+
+CASES = {
+    c.name: c
+    for c in (
+        Case("vgg16_frozen", "(a) VGG16 frozen", "vgg16", "frozen", "local", 20.0),
+        Case("vgg16_last_block", "(b) VGG16 last_block", "vgg16", "last_block", "local", 3.0),
+        Case("mobilenetv2_full", "(c) MobileNetV2 full", "mobilenetv2", "full", "none", 1.0),
+        Case("compact_full", "(c') compact CNN full", "compact", "full", "none", 1.0),
+    )
+}
+DEFAULT_CASES = ("vgg16_frozen", "vgg16_last_block", "mobilenetv2_full")
+PIPELINE_TARGET = 0.90  # (c): pipeline throughput / model-only throughput
+DECODE_TARGET = 300.0  # first-time decode + cache, images/s, 218x178 JPEG -> 64 px
+RERUN_CHANGES = {"train.learning_rate": 1e-4, "model.head.dense": [128]}
+
+
+# ---------------------------------------------------------------- set-up
+
+
+def check_cases(cases) -> list[str]:
+    """Case names in run order; a one-line error for an unknown name."""
+    if not cases:
+        return list(DEFAULT_CASES)
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        raise FacetransferError(f"bench --cases: {unknown[0]!r} is not a case; allowed: {', '.join(CASES)}")
+    return [c for c in CASES if c in cases]
+
+
+def machine() -> dict:
+    """CPU count and model, load average, backend and versions."""
+    import keras
+
+    model = platform.processor() or "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        model = names[0] if names else model
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+        "backend": keras.backend.backend(),
+        "keras": keras.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def synthetic_set(workdir: Path, sizes: Sizes, *, progress: bool) -> Path:
+    """A SYNTHETIC CelebA-layout set of ``sizes.n`` 178x218 JPEGs (generated once per workdir)."""
+    from facetransfer import synthetic
+
+    root = workdir / f"celeba-n{sizes.n}-{sizes.jpeg_height}px"
+    if not (root / synthetic.SYNTHETIC_MARKER).is_file():
+        synthetic.generate("celeba", root, n=sizes.n, seed=0, size=sizes.jpeg_height, overwrite=root.exists(), progress=progress)
+    return root
+
+
+def vgg16_weights_file(workdir: Path) -> Path:
+    """No-top VGG16 weights from a seeded random initialisation, saved as ``.weights.h5``.
+
+    The offline stand-in for ImageNet weights: loaded through ``model.weights: <file>``
+    like a downloaded keras.applications file. The weights do not depend on the input size.
+    """
+    import keras
+
+    path = workdir / "vgg16-notop-random-seed0.weights.h5"
+    if not path.is_file():
+        keras.utils.set_random_seed(0)
+        base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3))
+        base.save_weights(path)
+        keras.backend.clear_session()
+    return path
+
+
+def case_params(case: Case, sizes: Sizes, root: Path, weights_file: Path, **changes) -> dict:
+    """Resolved run params of ``case`` (``changes``: dotted key -> value)."""
+    from facetransfer import params as P
+
+    raw = {
+        "name": f"bench-{case.name}",
+        "seed": 0,
+        "task": "gender",
+        "data": {"dataset": "celeba", "root": str(root), "image_size": sizes.image_size, "split": {"source": "dataset"}},
+        "model": {
+            "backbone": case.backbone,
+            "strategy": case.strategy,
+            "weights": str(weights_file) if case.weights == "local" else case.weights,
+        },
+        "train": {"batch_size": sizes.batch_size, "epochs": sizes.epochs},
+    }
+    for key, value in changes.items():
+        P.set_dotted(raw, key, value)
+    return P.resolve_run(raw)
+
+
+# ---------------------------------------------------------------- the seed-style pipeline
+
+
+def legacy_image_data_generator():
+    """Keras' legacy ``ImageDataGenerator`` class (Keras 3 keeps it, numpy + Pillow only).
+
+    It is public as ``tf.keras.preprocessing.image.ImageDataGenerator`` and lives in
+    ``keras.src.legacy.preprocessing.image``; a FacetransferError if this Keras has neither.
+    """
+    try:
+        from keras.src.legacy.preprocessing.image import ImageDataGenerator
+    except ImportError:
+        try:
+            from keras._tf_keras.keras.preprocessing.image import ImageDataGenerator
+        except ImportError as exc:
+            raise FacetransferError(f"bench: this Keras has no legacy ImageDataGenerator ({exc}); the seed-style baseline cannot run") from exc
+    return ImageDataGenerator
+
+
+def baseline_unavailable() -> str | None:
+    """Why the seed-style baseline cannot run here (None when it can)."""
+    try:
+        legacy_image_data_generator()
+    except FacetransferError as exc:
+        return str(exc)
+    return None
+
+
+def seed_style_flow(frame, cfg: dict, *, shuffle: bool):
+    """``ImageDataGenerator().flow_from_dataframe`` over ``frame`` (path, gender), dict targets."""
+    import keras
+
+    size = cfg["data"]["image_size"]
+    flow = legacy_image_data_generator()().flow_from_dataframe(
+        frame,
+        x_col="path",
+        y_col="gender",
+        class_mode="raw",
+        target_size=(size, size),
+        batch_size=cfg["train"]["batch_size"],
+        shuffle=shuffle,
+        seed=cfg["seed"],
+    )
+
+    class DictTargets(keras.utils.PyDataset):
+        """The flow's ``(x, y)`` as ``(x, {"gender": y})`` (facetransfer models have dict outputs)."""
+
+        def __len__(self):
+            return len(flow)
+
+        def __getitem__(self, i):
+            x, y = flow[i]
+            return x, {"gender": np.asarray(y, dtype=np.float32)}
+
+        def on_epoch_end(self):
+            flow.on_epoch_end()
+
+    return DictTargets()
+
+
+def run_baseline(cfg: dict, records) -> dict:
+    """Seed style: build, compile and ``model.fit`` the whole model on JPEGs decoded every epoch."""
+    from facetransfer import models, train
+
+    start = time.perf_counter()
+    frame = records[["path", "gender", "split"]].assign(gender=lambda f: f["gender"].astype(np.float32))
+    train.configure(cfg)
+    model = models.build_model(cfg)
+    train.compile_model(model, cfg, cfg["train"]["learning_rate"])
+    recorder = train.EpochLog("final")
+    model.fit(
+        seed_style_flow(frame[frame["split"] == "train"], cfg, shuffle=True),
+        validation_data=seed_style_flow(frame[frame["split"] == "val"], cfg, shuffle=False),
+        epochs=cfg["train"]["epochs"],
+        callbacks=[recorder],
+        verbose=0,
+    )
+    return {"seconds": time.perf_counter() - start, "epoch_seconds": [r["seconds"] for r in recorder.rows]}
+
+
+# ---------------------------------------------------------------- facetransfer
+
+
+def run_facetransfer(cfg: dict, results_root: Path, run_dir: Path) -> tuple[dict, object, object]:
+    """facetransfer's own path: prepare (image cache), build, ``train.fit`` (feature cache)."""
+    from facetransfer import data, models, train
+
+    start = time.perf_counter()
+    prepared = data.prepare(cfg, results_root, progress=False)
+    prepare_seconds = time.perf_counter() - start
+    train.configure(cfg)
+    model = models.build_model(cfg, results_root=results_root)
+    result = train.fit(model, prepared, cfg, run_dir, results_root=results_root, verbose=0)
+    out = {
+        "seconds": time.perf_counter() - start,
+        "prepare_seconds": prepare_seconds,
+        "decode_seconds": prepared.cache.build_seconds if not prepared.cache.hit else 0.0,
+        "image_cache_hit": prepared.cache.hit,
+        "feature_seconds": result.timings["feature_seconds"],
+        "used_feature_cache": result.used_feature_cache,
+        "epoch_seconds": result.timings["epoch_seconds"],
+        "fit_log": result.log,
+    }
+    return out, prepared, model
+
+
+def run_model_only(cfg: dict, prepared) -> dict:
+    """The same model fed from in-memory float32 numpy arrays (no input pipeline to wait for)."""
+    from facetransfer import models, train
+
+    def arrays(split):
+        return np.asarray(prepared.cache.images[prepared.rows(split)], dtype=np.float32), prepared.targets(split)
+
+    (x, y), val = arrays("train"), arrays("val")
+    start = time.perf_counter()
+    train.configure(cfg)
+    model = models.build_model(cfg)
+    train.compile_model(model, cfg, cfg["train"]["learning_rate"])
+    recorder = train.EpochLog("final")
+    model.fit(x, y, batch_size=cfg["train"]["batch_size"], epochs=cfg["train"]["epochs"], shuffle=True, validation_data=val, callbacks=[recorder], verbose=0)
+    return {"seconds": time.perf_counter() - start, "epoch_seconds": [r["seconds"] for r in recorder.rows]}
+
+
+def steady_epoch_seconds(epoch_seconds: list[float]) -> float:
+    """Median epoch time without the first epoch (which traces and compiles), when there are more."""
+    tail = epoch_seconds[1:] or epoch_seconds
+    return float(statistics.median(tail))
+
+
+# ---------------------------------------------------------------- one case
+
+
+def run_case(case: Case, sizes: Sizes, root: Path, weights_file: Path, scratch: Path, say) -> dict:
+    import keras
+
+    cfg = case_params(case, sizes, root, weights_file)
+    results_root = scratch / case.name
+    say(f"{case.label}: facetransfer (cold image cache, cold feature cache) …")
+    ft, prepared, _ = run_facetransfer(cfg, results_root, results_root / "run")
+    keras.backend.clear_session()
+    n_train, n_val = len(prepared.rows("train")), len(prepared.rows("val"))
+    images = (n_train + n_val) * sizes.epochs  # train + validation images the fit goes through
+    missing = baseline_unavailable()
+    if missing is None:
+        say(f"{case.label}: seed-style baseline (ImageDataGenerator.flow_from_dataframe, whole model) …")
+        base = run_baseline(cfg, prepared.records)
+        base["images_per_s"] = images / base["seconds"]
+        keras.backend.clear_session()
+        ratio = base["seconds"] / ft["seconds"]
+    else:
+        say(f"{case.label}: NO seed-style baseline: {missing}")
+        base, ratio = {"unavailable": missing}, None
+    out = {
+        "label": case.label,
+        "backbone": case.backbone,
+        "strategy": case.strategy,
+        "weights": "local random-init file" if case.weights == "local" else case.weights,
+        "n_train": n_train,
+        "n_val": n_val,
+        "epochs": sizes.epochs,
+        "baseline": base,
+        "facetransfer": {**ft, "images_per_s": images / ft["seconds"]},
+        "ratio": ratio,
+        "target": case.target,
+        "target_epochs": 10,
+    }
+    out["target_applies"] = sizes.epochs == out["target_epochs"]
+    out["target_met"] = bool(ratio >= case.target) if out["target_applies"] and ratio is not None else None
+    if case.strategy == "full":
+        say(f"{case.label}: model only (in-memory numpy array) …")
+        only = run_model_only(cfg, prepared)
+        keras.backend.clear_session()
+        pipe_s, only_s = steady_epoch_seconds(ft["epoch_seconds"]), steady_epoch_seconds(only["epoch_seconds"])
+        out["model_only"] = {**only, "images_per_s": (n_train + n_val) / only_s, "steady_epoch_seconds": only_s}
+        out["pipeline"] = {"images_per_s": (n_train + n_val) / pipe_s, "steady_epoch_seconds": pipe_s}
+        out["pipeline_fraction"] = only_s / pipe_s
+        out["pipeline_target"] = PIPELINE_TARGET
+        out["pipeline_target_met"] = bool(out["pipeline_fraction"] >= PIPELINE_TARGET)
+    if case.strategy == "frozen":
+        out["rerun"] = rerun(case, sizes, root, weights_file, results_root, say)
+    out["decode"] = decode_figures(prepared, sizes)
+    return out
+
+
+def rerun(case: Case, sizes: Sizes, root: Path, weights_file: Path, results_root: Path, say) -> dict:
+    """The same study again with another learning rate and head width: caches hit."""
+    import keras
+
+    cfg = case_params(case, sizes, root, weights_file, **RERUN_CHANGES)
+    say(f"{case.label}: re-run changing only {', '.join(f'{k}={v}' for k, v in RERUN_CHANGES.items())} …")
+    ft, _, _ = run_facetransfer(cfg, results_root, results_root / "rerun")
+    keras.backend.clear_session()
+    return {
+        "changes": RERUN_CHANGES,
+        "seconds": ft["seconds"],
+        "image_cache_hit": ft["image_cache_hit"],
+        "feature_extraction": not all("loaded from cache" in line for line in ft["fit_log"] if line.startswith("features ")),
+        "fit_log": ft["fit_log"],
+    }
+
+
+def decode_figures(prepared, sizes: Sizes) -> dict:
+    cache = prepared.cache
+    n = len(cache.paths) + len(cache.skipped)
+    return {
+        "images": n,
+        "from": f"{round(sizes.jpeg_height * 178 / 218)}x{sizes.jpeg_height} JPEG",
+        "to_px": cache.size,
+        "seconds": cache.build_seconds,
+        "images_per_s": n / cache.build_seconds if cache.build_seconds else None,
+        "target": DECODE_TARGET,
+    }
+
+
+# ---------------------------------------------------------------- the whole bench
+
+
+def run(sizes: Sizes, *, cases=None, workdir=None, progress: bool = True, say=None) -> dict:
+    """Run the bench; returns the JSON-ready result (see :func:`format_text`)."""
+    say = say or (lambda line: print(f"[bench] {line}", file=sys.stderr, flush=True))
+    names = check_cases(cases)
+    own = workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="facetransfer-bench-")) if own else Path(workdir).expanduser().absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="run-", dir=workdir))
+    start = time.perf_counter()
+    try:
+        info = machine()
+        say(f"{info['cpus']} CPUs ({info['cpu_model']}), load average {info['load_average']}, backend {info['backend']}")
+        say(f"writing {sizes.n} synthetic 178x{sizes.jpeg_height} JPEGs (once per workdir; not timed) …")
+        root = synthetic_set(workdir, sizes, progress=progress)
+        weights_file = vgg16_weights_file(workdir)
+        results = {name: run_case(CASES[name], sizes, root, weights_file, scratch, say) for name in names}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if own:
+            shutil.rmtree(workdir, ignore_errors=True)
+    first = next(iter(results.values()))
+    info["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    return {
+        "machine": info,
+        "gpu": gpu_note(),
+        "sizes": asdict(sizes),
+        "data": f"SYNTHETIC CelebA-layout JPEGs, {round(sizes.jpeg_height * 178 / 218)}x{sizes.jpeg_height}",
+        "weights": "VGG16: a local .weights.h5 from a seeded random init (no internet, no ImageNet download; timing does not depend on weight values); MobileNetV2: none",
+        "cases": results,
+        "decode": first["decode"],
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def gpu_note() -> str:
+    from facetransfer import runtime
+
+    if runtime.has_gpu():
+        return "GPU present: mixed precision is automatic (train.mixed_precision: auto), XLA with train.xla: true"
+    return "no GPU: CPU float32 figures only"
+
+
+# ---------------------------------------------------------------- output
+
+
+def _target(met, text: str) -> str:
+    return f"{text}: {'met' if met else 'MISSED'}" if met is not None else f"{text}: n/a (needs 10 epochs)"
+
+
+def format_text(result: dict) -> str:
+    """The human-readable report of :func:`run`'s result."""
+    m, s = result["machine"], result["sizes"]
+    lines = [
+        "facetransfer bench: seed-style pipeline vs facetransfer, side by side in one run",
+        f"machine: {m['cpus']} CPUs, {m['cpu_model']}; load average {m['load_average']} → {m['load_average_end']}; "
+        f"backend {m['backend']}, keras {m['keras']}; {result['gpu']}",
+        f"data: {s['n']} {result['data']} → {s['image_size']} px; batch {s['batch_size']}; {s['epochs']} epochs",
+        f"weights: {result['weights']}",
+        "",
+        f"{'case':<24}{'baseline s':>11}{'img/s':>8}{'facetransfer s':>16}{'img/s':>8}{'ratio':>8}  target",
+    ]
+    for c in result["cases"].values():
+        b, f = c["baseline"], c["facetransfer"]
+        if c["ratio"] is None:
+            lines.append(f"{c['label']:<24}{'n/a':>11}{'':>8}{f['seconds']:>16.1f}{f['images_per_s']:>8.0f}{'n/a':>8}  baseline not run: {b['unavailable']}")
+            continue
+        lines.append(
+            f"{c['label']:<24}{b['seconds']:>11.1f}{b['images_per_s']:>8.0f}{f['seconds']:>16.1f}{f['images_per_s']:>8.0f}"
+            f"{c['ratio']:>7.1f}x  {_target(c['target_met'], '>= ' + format(c['target'], 'g') + 'x')}"
+        )
+    lines.append("")
+    lines.append("img/s = (train + val images) x epochs / wall seconds. facetransfer's seconds include loading the")
+    lines.append("labels, the one-time decode and the one-time feature extraction:")
+    for c in result["cases"].values():
+        f = c["facetransfer"]
+        lines.append(
+            f"  {c['label']}: decode {f['decode_seconds']:.1f} s, features {f['feature_seconds']:.1f} s, "
+            f"{'feature cache' if f['used_feature_cache'] else 'images from the cache'}; "
+            f"n_train {c['n_train']}, n_val {c['n_val']}"
+        )
+    for c in result["cases"].values():
+        if "pipeline_fraction" in c:
+            lines.append(
+                f"{c['label']} input pipeline: {c['pipeline']['images_per_s']:.0f} img/s vs model only (in-memory array) "
+                f"{c['model_only']['images_per_s']:.0f} img/s = {100 * c['pipeline_fraction']:.0f} % "
+                f"(steady-state epochs) — {_target(c['pipeline_target_met'], '>= ' + format(100 * c['pipeline_target'], '.0f') + ' %')}"
+            )
+    d = result["decode"]
+    rate = d["images_per_s"] or 0.0
+    lines.append(
+        f"first-time decode + cache: {d['images']} {d['from']} → {d['to_px']} px in {d['seconds']:.2f} s = {rate:.0f} img/s "
+        f"— {_target(rate >= d['target'], '>= ' + format(d['target'], '.0f') + ' img/s')}"
+    )
+    for c in result["cases"].values():
+        if "rerun" in c:
+            r = c["rerun"]
+            changes = ", ".join(f"{k}={v}" for k, v in r["changes"].items())
+            lines.append(f"{c['label']} re-run changing only {changes}: {r['seconds']:.1f} s; train.fit said:")
+            lines.extend(f"  [fit] {line}" for line in r["fit_log"])
+    lines.append(f"bench wall time {result['seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def run_bench(quick: bool = False, as_json: bool = False, cases: list[str] | None = None, workdir: Path | None = None) -> int:
+    """``facetransfer bench [--quick] [--json] [--cases ...] [--workdir DIR]``; returns the exit status."""
+    check_cases(cases)
+    sizes = QUICK if quick else FULL
+    # Progress and train.fit's lines go to stderr; stdout carries the report (or the JSON) only.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = run(sizes, cases=cases, workdir=workdir, progress=True)
+    print(json.dumps(result, default=str) if as_json else format_text(result), flush=True)
+    return 0

@@ -1,0 +1,98 @@
+"""facetransfer bench machinery at a tiny size (no timing assertions: timings belong in the bench)."""
+
+import json
+import math
+
+import pytest
+
+from facetransfer import bench
+from facetransfer.errors import FacetransferError
+
+pytestmark = pytest.mark.slow  # one tiny bench run, about 30 s on 2 cores
+
+TINY = bench.Sizes(n=100, epochs=1, image_size=32, batch_size=16)
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    """``run_bench(quick=True, as_json=True, ...)`` at TINY sizes, parsed from stdout."""
+    workdir = tmp_path_factory.mktemp("bench")
+    mp = pytest.MonkeyPatch()
+    mp.setattr(bench, "QUICK", TINY)
+    try:
+        import contextlib
+        import io
+
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            status = bench.run_bench(quick=True, as_json=True, cases=["compact_full", "vgg16_frozen"], workdir=workdir)
+    finally:
+        mp.undo()
+    assert status == 0
+    text = out.getvalue().strip()
+    assert len(text.splitlines()) == 1, "stdout must carry exactly one JSON object"
+    return json.loads(text), workdir
+
+
+def test_json_has_machine_sizes_and_cases(result):
+    res, _ = result
+    assert set(res) >= {"machine", "gpu", "sizes", "data", "weights", "cases", "decode", "seconds"}
+    assert res["sizes"] == {"n": 100, "epochs": 1, "image_size": 32, "batch_size": 16, "jpeg_height": 218}
+    assert res["machine"]["cpus"] >= 1 and res["machine"]["backend"]
+    assert list(res["cases"]) == ["vgg16_frozen", "compact_full"]  # run in the fixed case order
+    assert _positive(res["seconds"])
+
+
+def test_every_case_times_both_pipelines(result):
+    res, _ = result
+    for name, case in res["cases"].items():
+        assert case["n_train"] + case["n_val"] <= 100 and case["n_train"] > 0, name
+        for side in ("baseline", "facetransfer"):
+            assert _positive(case[side]["seconds"]), (name, side)
+            assert _positive(case[side]["images_per_s"]), (name, side)
+            assert len(case[side]["epoch_seconds"]) == 1
+        assert _positive(case["ratio"])
+        assert case["ratio"] == pytest.approx(case["baseline"]["seconds"] / case["facetransfer"]["seconds"])
+        assert case["target_applies"] is False and case["target_met"] is None  # 1 epoch, not 10
+        assert case["facetransfer"]["image_cache_hit"] is False  # the one-time caching is in the time
+
+
+def test_frozen_case_uses_the_feature_cache_and_reruns_from_caches(result):
+    res, _ = result
+    frozen = res["cases"]["vgg16_frozen"]
+    assert frozen["facetransfer"]["used_feature_cache"] is True
+    assert _positive(frozen["facetransfer"]["feature_seconds"])
+    rerun = frozen["rerun"]
+    assert rerun["image_cache_hit"] is True and rerun["feature_extraction"] is False
+    assert any("no decoding" in line for line in rerun["fit_log"])
+    assert any("loaded from cache" in line for line in rerun["fit_log"])
+
+
+def test_full_case_measures_model_only_throughput(result):
+    res, _ = result
+    full = res["cases"]["compact_full"]
+    assert full["facetransfer"]["used_feature_cache"] is False
+    assert _positive(full["model_only"]["images_per_s"]) and _positive(full["pipeline"]["images_per_s"])
+    assert full["pipeline_fraction"] == pytest.approx(full["model_only"]["steady_epoch_seconds"] / full["pipeline"]["steady_epoch_seconds"])
+    assert "rerun" not in full
+
+
+def test_decode_figures_and_text_report(result):
+    res, workdir = result
+    d = res["decode"]
+    assert d["images"] == 100 and d["to_px"] == 32 and _positive(d["images_per_s"])
+    text = bench.format_text(res)
+    assert "(a) VGG16 frozen" in text and "(c') compact CNN full" in text
+    assert "model only" in text and "[fit]" in text
+    # the workdir keeps the synthetic set and the weights file, not the cold caches
+    assert (workdir / "vgg16-notop-random-seed0.weights.h5").is_file()
+    assert [p.name for p in workdir.iterdir() if p.name.startswith("run-")] == []
+
+
+def test_unknown_case_is_a_one_line_error():
+    with pytest.raises(FacetransferError, match=r"'vgg99'.*allowed: vgg16_frozen, vgg16_last_block"):
+        bench.run_bench(quick=True, cases=["vgg99"])
