@@ -237,3 +237,28 @@ def test_runtime_configure_and_devices():
             runtime.configure(0, mixed_precision="yes")
     finally:
         keras.config.set_dtype_policy("float32")
+
+
+def test_efficientnet_imagenet_file_and_run_compute_the_same(tmp_path, monkeypatch):
+    """keras.applications adds a per-channel rescaling to EfficientNet for "imagenet" only;
+    the same weights given as a .h5 file or copied from such a run must compute the same."""
+    from keras.src.utils import file_utils
+
+    bare = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(32, 32, 3))
+    rng = np.random.default_rng(3)
+    norm = next(layer for layer in bare.layers if isinstance(layer, keras.layers.Normalization))
+    norm.set_weights([rng.uniform(50, 200, 3).astype("float32"), rng.uniform(1e3, 4e3, 3).astype("float32"), np.array(1000)])
+    norm.finalize_state()
+    bare.save(tmp_path / "efficientnetb0_notop.h5")  # stands in for the ImageNet file
+    monkeypatch.setattr(file_utils, "get_file", lambda *a, **k: str(tmp_path / "efficientnetb0_notop.h5"))
+
+    def features(model):
+        return run(keras.Model(model.input, model.get_layer("stem_conv").output), images(seed=5))
+
+    from_imagenet = models.build_model(make_cfg("efficientnetb0", weights="imagenet", strategy="frozen"))
+    from_h5 = models.build_model(make_cfg("efficientnetb0", weights=str(tmp_path / "efficientnetb0_notop.h5"), strategy="frozen"))
+    fake_run(tmp_path, "eff0eff0eff0", from_imagenet)
+    from_run = models.build_model(make_cfg("efficientnetb0", weights="run:eff0eff0eff0", strategy="frozen"), results_root=tmp_path)
+    reference = features(from_imagenet)
+    np.testing.assert_allclose(features(from_h5), reference, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(features(from_run), reference, rtol=1e-4, atol=1e-5)

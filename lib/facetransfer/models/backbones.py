@@ -19,6 +19,8 @@ by name — do not depend on what else was built before in the session.
 - ``/path/model.keras`` or ``run:<run_id>`` (``results_root/*/runs/<run_id>/model.keras``
   of a complete run): every weight-carrying backbone layer is copied from the layer of the
   same name in that model, shape-checked. Missing layers are an error, never random weights.
+  (EfficientNet: if that model was built with ``imagenet`` its extra rescaling is folded in
+  too, so the copy computes what the source computed.)
 """
 
 from __future__ import annotations
@@ -169,8 +171,9 @@ def _load_weights_file(bare: keras.Model, source: WeightsSource, backbone: str) 
 
 
 def _imagenet_variance_fix(base: keras.Model) -> None:
-    """keras.applications adds ``Rescaling(1/sqrt(stddev))`` after Normalization for
-    ``weights="imagenet"`` only; fold the same factor into the variance instead."""
+    """keras.applications adds ``Rescaling(1/sqrt(stddev))`` after EfficientNet's
+    Normalization for ``weights="imagenet"`` only; where the ImageNet weights arrive another
+    way (a .h5 file, a model built that way), fold the same factor into the variance."""
     norm = next(layer for layer in base.layers if isinstance(layer, layers.Normalization))
     mean, variance, count = norm.get_weights()
     norm.set_weights([mean, variance * np.asarray(_IMAGENET_STDDEV_RGB, dtype=variance.dtype), count])
@@ -256,7 +259,8 @@ def copy_weights_by_name(model: keras.Model, source: WeightsSource, layer_names,
     Returns the number of layers copied. Zero or partial matches and shape mismatches are
     one-line errors naming the layer; nothing is left at random initialisation silently.
     """
-    found = {layer.name: layer for layer in _all_layers(load_source_model(source.path, source.label))}
+    source_model = load_source_model(source.path, source.label)
+    found = {layer.name: layer for layer in _all_layers(source_model)}
     targets = [model.get_layer(name) for name in layer_names if model.get_layer(name).weights]
     missing = [layer.name for layer in targets if layer.name not in found]
     if len(missing) == len(targets):
@@ -272,7 +276,14 @@ def copy_weights_by_name(model: keras.Model, source: WeightsSource, layer_names,
         layer.set_weights(values)
         if hasattr(layer, "finalize_state"):
             layer.finalize_state()
+    if _has_imagenet_rescaling(source_model) and not _has_imagenet_rescaling(model):
+        _imagenet_variance_fix(model)  # same input normalisation as the source EfficientNet
     return len(targets)
+
+
+def _has_imagenet_rescaling(model: keras.Model) -> bool:
+    """EfficientNet built with ``weights="imagenet"`` has a per-channel Rescaling layer."""
+    return any(isinstance(layer, layers.Rescaling) and isinstance(layer.scale, (list, tuple)) for layer in _all_layers(model))
 
 
 def _first_line(exc: BaseException) -> str:
