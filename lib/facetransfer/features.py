@@ -27,7 +27,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: readable in papermill output and the HTML report
 
 from facetransfer import params as P
 from facetransfer.io import atomic_path, atomic_write_json, read_json

@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 import PIL
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: readable in papermill output and the HTML report
 
 from facetransfer.errors import DataError
 from facetransfer.io import atomic_path, atomic_write_json, read_json

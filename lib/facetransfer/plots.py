@@ -943,7 +943,7 @@ def saliency_examples(model, data, predictions: pd.DataFrame, *, task: str, n: i
         return _message(title, "occlusion saliency explains class outputs; this task predicts age in years", synthetic=synthetic)
     if n == 0:
         return _message(title, "eval.saliency is 0", synthetic=synthetic)
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bars: readable in papermill output and the HTML report
 
     from facetransfer.saliency import occlusion_map
 

@@ -13,7 +13,7 @@ Keras 3 API only (no backend import).
 from __future__ import annotations
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bars: readable in papermill output and the HTML report
 
 from facetransfer.errors import FacetransferError
 

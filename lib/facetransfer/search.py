@@ -227,7 +227,8 @@ def optuna_search(base_params: Mapping, spec: Mapping, *, out_dir, results_root,
                 values[key] = trial.suggest_float(key, float(dist["low"]), float(dist["high"]), log=bool(dist.get("log")))
         cfg = trial_params(base_params, values)
         res = trials.score(cfg)
-        rows.append({"trial": trial.number, **{k: json.dumps(v) for k, v in values.items() if k in opt["space"]}, "score": res["score"], "seconds": res["seconds"], "trial_id": res["trial_id"]})
+        shown = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in values.items() if k in opt["space"]}
+        rows.append({"trial": trial.number, **shown, "score": res["score"], "seconds": res["seconds"], "trial_id": res["trial_id"]})
         return res["score"]
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -232,7 +232,7 @@ def _build(layout: str, root: Path, *, n: int, seed: int, size: int, workers: in
 
 
 def _render_all(jobs: list, *, workers: int, progress: bool, desc: str) -> None:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bars: readable in papermill output and the HTML report
 
     chunks = [jobs[i : i + 32] for i in range(0, len(jobs), 32)]
     with tqdm(total=len(jobs), desc=desc, unit="img", disable=not progress) as bar:
