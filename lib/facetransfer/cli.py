@@ -17,6 +17,13 @@ from facetransfer import __version__
 from facetransfer.errors import FacetransferError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``facetransfer <cmd>: error: ... (see --help)``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -83,9 +90,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="facetransfer", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="facetransfer", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"facetransfer {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("synth", help="write a SYNTHETIC face set in a real dataset layout")
     p.add_argument("--layout", required=True, choices=["celeba", "utkface"])
@@ -98,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("data", help="inspect a dataset")
-    dsub = p.add_subparsers(dest="data_command", required=True)
+    dsub = p.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     s = dsub.add_parser("summary", help="counts, labels and skipped inputs of a dataset")
     s.add_argument("--dataset", required=True, choices=["celeba", "celeba30k", "utkface", "adience", "folder"])
     s.add_argument("--root", required=True, type=Path)
