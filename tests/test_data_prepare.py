@@ -165,3 +165,24 @@ def test_one_line_errors(celeba_root, tmp_path):
     with pytest.raises(DataError, match="has the labels task gender needs"):
         data.prepare(_cfg(dataset="adience", root=str(root)), tmp_path, progress=False)
     assert resolve_run(_cfg(root="x"))["data"]["crop"] == "center"
+
+
+def test_folder_dataset_with_mixed_pixel_modes(tmp_path):
+    root = tmp_path / "faces"
+    (root / "img").mkdir(parents=True)
+    modes = ["RGB", "L", "RGBA", "P", "LA", "CMYK"]
+    lines = ["path,sex,person,years"]
+    for i in range(36):
+        mode = modes[i % len(modes)]
+        name = f"img/{i:03d}.{'jpg' if mode == 'CMYK' else 'png'}"
+        Image.new("RGB", (30 + i, 40), (i * 7 % 255, 90, 200)).convert(mode).save(root / name)
+        years = "" if i == 4 else str(20 + i)
+        lines.append(f"{name},{'MF'[i % 2]},p{i // 2},{years}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    folder = {"csv": "labels.csv", "path_column": "path", "gender_column": "sex", "male_value": "M", "female_value": "F", "subject_column": "person", "age_column": "years"}
+    cfg = _cfg(dataset="folder", root=str(root), folder=folder, task="age_gender", split={"fractions": [0.5, 0.25, 0.25]})
+    prepared = data.prepare(cfg, tmp_path / "results", progress=False)
+    assert prepared.cache.images.shape == (35, 32, 32, 3) and prepared.cache.skipped == []
+    assert prepared.quarantine[["reason", "stage"]].values.tolist() == [["no age label: task age_gender", "label"]]
+    assert prepared.records.groupby("subject")["split"].nunique().eq(1).all()
+    np.testing.assert_array_equal(prepared.targets("test")["age"], prepared.records.loc[prepared.records["split"] == "test", "age"].to_numpy(np.float32))
