@@ -137,8 +137,8 @@ class PreparedData:
             "synthetic": bool(ds.synthetic),
             "layout": ds.layout,
             "task": self.task,
-            "n_inputs": len(ds.records) + len(ds.skipped),
-            "n_records": len(ds.records),
+            "n_records": len(ds.records) + len(ds.skipped),  # every input found, as datasets.summary
+            "n_loaded": len(ds.records),
             "limit": d["limit"],
             "n_selected": self.n_selected,
             "n_usable": len(self.records),
