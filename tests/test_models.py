@@ -155,6 +155,7 @@ def test_backbone_weights_file_as_keras_applications_takes_it(tmp_path, fmt):
     assert_same(backbone_weights(model), {layer.name: layer.get_weights() for layer in bare.layers if layer.weights})
 
 
+@pytest.mark.filterwarnings("ignore:Skipping nested container:UserWarning")  # Keras, before it raises
 def test_weights_errors_are_one_line_and_name_the_problem(tmp_path, trained_compact):
     def error(cfg, root=tmp_path):
         with pytest.raises(FacetransferError) as info:
