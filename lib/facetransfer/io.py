@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from facetransfer.errors import StudyBusyError
+from facetransfer.errors import FacetransferError, StudyBusyError
 
 
 def _umask() -> int:
@@ -97,9 +97,19 @@ def atomic_write_csv(path: str | os.PathLike, frame) -> Path:
     return Path(path)
 
 
+class DamagedFileError(FacetransferError):
+    """A file under its final name that does not parse (damaged after it was written)."""
+
+
 def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    """Parse a JSON file; a damaged one is a one-line :class:`DamagedFileError` naming it."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise DamagedFileError(f"{path} is damaged: not valid JSON ({exc.msg} at line {exc.lineno}); delete it and run again") from None
+    except UnicodeDecodeError:
+        raise DamagedFileError(f"{path} is damaged: not UTF-8 text; delete it and run again") from None
 
 
 def pid_alive(pid: int) -> bool:
