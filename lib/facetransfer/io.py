@@ -134,10 +134,15 @@ class StudyLock:
         self.acquired = False
 
     def _holder(self) -> dict | None:
+        """``{"pid", "host"}`` of the holder; None while the file is empty or not what we write."""
         try:
-            return json.loads(self.path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            holder = json.loads(self.path.read_text())
+        except (FileNotFoundError, UnicodeDecodeError, json.JSONDecodeError):
             return None
+        pid = holder.get("pid") if isinstance(holder, dict) else None
+        if isinstance(pid, bool) or not isinstance(pid, int):
+            return None  # damaged: judged by its age, like an empty one
+        return holder
 
     def acquire(self) -> StudyLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
