@@ -33,7 +33,7 @@ The cache key is a hash of the sorted file list with each file's size and mtime,
 target size, the crop rule, the decoder settings and the cache format version. The
 ``<key>.json`` sidecar (row order, skipped files, shape, timing) is written last and
 atomically: it marks the cache complete. A data file without its sidecar, or whose
-size disagrees with it, is an interrupted build and is rebuilt.
+size disagrees with it, is an interrupted build and is rebuilt (so is a damaged sidecar).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 from tqdm import tqdm  # text bars: readable in papermill output and the HTML report
 
 from facetransfer.errors import DataError
-from facetransfer.io import atomic_path, atomic_write_json, read_json
+from facetransfer.io import DamagedFileError, atomic_path, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +280,11 @@ def _load_complete(cache_dir: Path, key: str) -> dict | None:
         if file.exists():
             log.warning("image cache %s has no sidecar (an interrupted build); rebuilding", file)
         return None
-    meta = read_json(sidecar)
+    try:
+        meta = read_json(sidecar)
+    except DamagedFileError:
+        log.warning("image cache %s has a damaged sidecar %s; rebuilding", file, sidecar.name)
+        return None
     expected = math.prod(meta["shape"])
     actual = file.stat().st_size if file.exists() else -1
     if meta.get("format") != CACHE_FORMAT or meta.get("key") != key or actual != expected:
