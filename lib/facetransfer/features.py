@@ -8,8 +8,8 @@ numbers (tests/test_features.py checks it) in a fraction of the time.
 
 Files: ``<cache_dir>/<key>.npy`` (float32, row i = prefix output of ``images[rows[i]]``) and
 ``<key>.json``, the sidecar, written LAST: a ``.npy`` without its sidecar is an interrupted
-computation and is rebuilt. ``cache_dir`` is normally ``results_root/_cache/features``
-(:func:`default_cache_dir`).
+computation and is rebuilt (so is a damaged ``.npy`` or sidecar). ``cache_dir`` is normally
+``results_root/_cache/features`` (:func:`default_cache_dir`).
 
 The key is the SHA-1 (first 20 hex digits) of the JSON of ``key_parts``; :func:`key_parts`
 builds it from the params and the prefix: the image-cache key (which images, decoded how),
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -30,9 +31,10 @@ import numpy as np
 from tqdm import tqdm  # text bars: readable in papermill output and the HTML report
 
 from facetransfer import params as P
-from facetransfer.io import atomic_path, atomic_write_json, read_json
+from facetransfer.io import DamagedFileError, atomic_path, atomic_write_json, read_json
 
 FORMAT = 1
+log = logging.getLogger(__name__)
 
 
 def default_cache_dir(results_root) -> Path:
@@ -96,10 +98,15 @@ def is_cached(cache_dir, parts: dict) -> bool:
     npy, sidecar = cache_files(cache_dir, parts)
     if not (npy.is_file() and sidecar.is_file()):
         return False
-    meta = read_json(sidecar)
+    try:
+        meta = read_json(sidecar)
+        shape = np.load(npy, mmap_mode="r").shape
+    except (DamagedFileError, ValueError, EOFError):  # truncated or overwritten: recompute
+        log.warning("feature cache %s is damaged; recomputing", npy)
+        return False
     if meta.get("key") != feature_key(parts):
         return False
-    return tuple(np.load(npy, mmap_mode="r").shape) == tuple(meta["shape"])
+    return tuple(shape) == tuple(meta["shape"])
 
 
 def prefix_features(prefix: keras.Model, images, rows, *, cache_dir, key_parts: dict, batch_size: int = 64, progress: bool = True) -> np.ndarray:
