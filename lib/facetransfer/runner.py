@@ -18,7 +18,8 @@ stage re-runs only when its inputs changed: its parameters, its notebook file, a
 ``metrics.json`` of the runs it reads (``.done.json`` in its folder records what it last ran
 on). Notebooks execute into a hidden temporary file that is renamed into place, and every
 marker is written atomically, so after a ``kill -9`` at any point a re-run finishes the
-study without recomputing what was finished.
+study without recomputing what was finished. A ``metrics.json`` or ``.done.json`` damaged
+afterwards (not a JSON object) is said on the console and counts as not done: it runs again.
 
 Failures. A notebook that raises keeps its executed copy (with the error) and the run gets a
 ``metrics.json`` with ``status: failed``; the other runs go on (a run whose weights come from
@@ -43,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from facetransfer.errors import FacetransferError
-from facetransfer.io import StudyLock, atomic_write_json, read_json
+from facetransfer.io import DamagedFileError, StudyLock, atomic_write_json, read_json
 from facetransfer.study import NOTEBOOKS, Run, Study, dependencies, execution_order, load_study
 
 KERNEL = "facetransfer"
@@ -159,9 +160,22 @@ def plan(study: Study, study_dir: Path, results_root: Path) -> list[Execution]:
 # completeness
 
 
+def _json_object(path: Path, what: str) -> dict | None:
+    """The JSON object in ``path``; None (said on the console) when it is missing or damaged."""
+    if not path.is_file():
+        return None
+    try:
+        value = read_json(path)
+    except DamagedFileError:
+        value = None
+    if not isinstance(value, dict):
+        print(f"warning: {path} is damaged (not a JSON object); {what}", flush=True)
+        return None
+    return value
+
+
 def run_metrics(run_dir: Path) -> dict | None:
-    path = Path(run_dir) / "metrics.json"
-    return read_json(path) if path.is_file() else None
+    return _json_object(Path(run_dir) / "metrics.json", "the run counts as not complete")
 
 
 def run_complete(run_dir: Path, run_id: str, notebook: str = NOTEBOOKS["finetune"]) -> dict | None:
@@ -187,7 +201,8 @@ def stage_complete(ex: Execution, key: str) -> bool:
     marker = ex.out_dir / DONE_MARKER
     if not marker.is_file() or not (ex.out_dir / ex.notebook).is_file():
         return False
-    return read_json(marker).get("key") == key
+    done = _json_object(marker, "the stage counts as not done")
+    return done is not None and done.get("key") == key
 
 
 def search_best(study_dir: Path) -> dict | None:
