@@ -204,3 +204,114 @@ def test_run_folders_not_in_study_json_are_listed_apart(tmp_path):
 def test_missing_study_folder_is_a_one_line_error(tmp_path):
     with pytest.raises(FacetransferError, match="does not exist"):
         report.render(tmp_path / "nope")
+
+
+# ----------------------------------------------------------------------------------------
+# what a reader sees: outputs as a terminal shows them, tidy tables, nothing fetched
+
+
+KERAS_EPOCH = (
+    "\r\x1b[1m1/6\x1b[0m \x1b[32m━━━\x1b[0m 29s 6s/step - loss: 0.91"
+    + "\b" * 40 + "\r\x1b[1m6/6\x1b[0m \x1b[32m━━━━━━\x1b[0m 11s 1s/step - loss: 0.52 - val_loss: 0.61\n"
+)
+TF_LOG = (
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+    "I0000 00:00:1795524242.869648    9657 port.cc:153] oneDNN custom operations are on.\n"
+    "E0000 00:00:1795524256.706972    9657 cuda_platform.cc:52] failed call to cuInit: UNKNOWN ERROR (303)\n"
+)
+
+
+def test_terminal_text_keeps_the_last_state_of_each_progress_line():
+    assert report.terminal_text(KERAS_EPOCH) == "\x1b[1m6/6\x1b[0m \x1b[32m━━━━━━\x1b[0m 11s 1s/step - loss: 0.52 - val_loss: 0.61\n"
+    bars = "\rdecode:   0%|   | 0/4\rdecode:  50%|█  | 2/4\rdecode: 100%|███| 4/4\n"
+    assert report.terminal_text(bars) == "decode: 100%|███| 4/4\n"
+    assert report.terminal_text("abc\b\bX\n") == "aX\n"
+    assert report.terminal_text("done\r\n") == "done\n"  # a trailing rewrite with nothing after it
+
+
+def test_tidy_outputs_merges_streams_drops_tf_logs_and_keeps_real_warnings():
+    outputs = [
+        new_output("stream", name="stderr", text=TF_LOG),
+        new_output("stream", name="stderr", text="\rsynth:   0%|   | 0/4"),
+        new_output("stream", name="stderr", text="\rsynth: 100%|███| 4/4\n"),
+        new_output("stream", name="stdout", text=KERAS_EPOCH),
+        new_output("stream", name="stderr", text="UserWarning: the learning rate is large\n"),
+        new_output("display_data", data={"text/plain": "<Figure>"}),
+    ]
+    shown, hidden = report.tidy_outputs(outputs)
+    assert hidden == 3
+    assert [(o.get("name"), o.get("text")) for o in shown[:3]] == [
+        ("stdout", "synth: 100%|███| 4/4\n"),  # progress only: not shown as an error
+        ("stdout", "\x1b[1m6/6\x1b[0m \x1b[32m━━━━━━\x1b[0m 11s 1s/step - loss: 0.52 - val_loss: 0.61\n"),
+        ("stderr", "UserWarning: the learning rate is large\n"),
+    ]
+    assert shown[3]["output_type"] == "display_data" and len(shown) == 4
+    assert outputs[1]["text"] == "\rsynth:   0%|   | 0/4"  # the notebook's own outputs are left as they are
+    only_logs, hidden = report.tidy_outputs([new_output("stream", name="stderr", text=TF_LOG)])
+    assert only_logs == [] and hidden == 3
+
+
+def test_tidy_table_drops_the_range_index_and_left_aligns_text_columns():
+    import pandas as pd
+
+    frame = pd.DataFrame({"param": ["seed", "model.backbone"], "value": ["0", "compact"], "n": [3, 4]})
+    html_text = report.tidy_table(frame.to_html())
+    assert html_text.startswith('<div class="ft-scroll">') and html_text.endswith("</div>")
+    assert "<th>0</th>" not in html_text and "<th>1</th>" not in html_text
+    rows = re.findall(r"<tr.*?</tr>", html_text, re.S)
+    head = re.findall(r"<th[^>]*>", rows[0])
+    assert len(head) == 3 and "ft-text" in head[0] and "ft-text" in head[1] and "ft-text" not in head[2]
+    assert re.search(r'<td class="ft-text">seed</td>\s*<td class="ft-text">0</td>\s*<td>3</td>', rows[1])
+    named = pd.DataFrame({"accuracy": [0.9, 0.8]}, index=pd.Index(["female", "male"], name="class"))
+    kept = report.tidy_table(named.to_html())
+    assert re.search(r'<th class="ft-text">female</th>\s*<td>0.9</td>', kept)  # a real index stays
+
+
+def test_notebook_page_is_tidy_and_fetches_nothing(tmp_path):
+    cell = new_code_cell("fit()", execution_count=1)
+    cell.outputs = [new_output("stream", name="stderr", text=TF_LOG), new_output("stream", name="stdout", text="Epoch 1/1\n" + KERAS_EPOCH)]
+    nb = new_notebook(cells=[new_markdown_cell("# Fit"), cell])
+    path = tmp_path / "03_finetune.ipynb"
+    nbformat.write(nb, path)
+    page = report.notebook_html(path, title="t", index_href="index.html", synthetic=False)
+    assert not re.search(r'<script[^>]+src="https?:', page)
+    assert "3 TensorFlow log lines not shown" in page
+    assert "oneDNN" not in page and "1/6" not in page and "6/6" in page
+    assert "SYNTHETIC" not in page
+    assert nbformat.read(path, as_version=4).cells[1].outputs[0]["text"] == TF_LOG  # the notebook is untouched
+
+
+def test_index_lists_the_params_that_differ_and_the_search_choice(tmp_path):
+    study_dir = make_study(tmp_path, synthetic=True)
+    atomic_write_json(study_dir / "search" / "best_params.json",
+                      {"best": {"train.batch_size": 32, "model.strategy": "frozen"}, "method": "sequential", "metric": "val.accuracy", "score": 0.875})
+    info = json.loads((study_dir / "study.json").read_text())
+    info["stages"] = ["explore", "search", "finetune", "compare"]
+    info["search_best"] = {"train.batch_size": 32}
+    atomic_write_json(study_dir / "study.json", info)
+    text = report.render(study_dir).read_text()
+    assert "params that differ" in text
+    row = next(r for r in text.split("<tr>") if "main lr=0.001<" in r)
+    assert '<span class="params">lr=0.001</span>' in row  # only the learning rate differs
+    assert "Same in every run: task=gender · dataset=celeba · backbone=vgg16 · weights=imagenet · strategy=frozen · batch=32 · epochs=3 · seed=0." in text
+    assert '<td class="num best">0.9125</td>' in row  # best accuracy among runs that are not degenerate
+    flagged = next(r for r in text.split("<tr>") if "main lr=0.1<" in r)
+    assert 'class="num flagged"' in flagged and "best" not in flagged
+    stages = text[text.index("Hyperparameter search") : text.index("Comparison of the runs")]
+    assert "sequential search (val.accuracy 0.8750)" in stages and "train.batch_size=32" in stages
+    assert "model.strategy" not in stages  # the search's fixed set values are not choices
+    assert "train 93, val 12, test 12" in text
+
+
+def test_age_runs_show_accuracy_as_the_derived_age_group(tmp_path):
+    study_dir = make_study(tmp_path, synthetic=False)
+    metrics_path = study_dir / "runs" / "aaaaaaaaaaa1" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics["params"]["task"] = "age"
+    metrics["test"] = {"accuracy": 0.0244, "f1_macro": 0.0068, "mae": 31.19}
+    atomic_write_json(metrics_path, metrics)
+    info = json.loads((study_dir / "study.json").read_text())
+    info["runs"][0]["params"]["task"] = "age"
+    atomic_write_json(study_dir / "study.json", info)
+    row = next(r for r in report.render(study_dir).read_text().split("<tr>") if "aaaaaaaaaaa1" in r)
+    assert "0.0244<br><span class=\"small\">age group</span>" in row and "31.19" in row and "best" not in row

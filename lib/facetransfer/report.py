@@ -16,11 +16,21 @@ and metrics.json), the figures reported elsewhere next to ours, the data provena
 dataset (counts and quarantined files by reason), the environment of the runs, and links
 to the explore / search / compare pages.
 
-Every page opens from disk (relative links, no server, CSS inline). Each notebook page
-has a bar with a link back to the index and a "Show code / Hide code" button; code cells
-start HIDDEN when JavaScript runs (the story reads as text and figures) and stay visible
-where it does not. Pages are written atomically; a notebook page is re-rendered when its
-notebook is newer than the page (or with ``force=True``).
+Every page opens from disk, offline (relative links, no server, CSS inline, no script
+fetched from the web: the lab template's require.js / MathJax / mermaid loaders are left
+out). Each notebook page has a bar with a link back to the index and a "Show code / Hide
+code" button; code cells and their ``Out[n]`` prompts start HIDDEN when JavaScript runs
+(the story reads as text and figures) and stay visible where it does not.
+
+The page shows the outputs as a terminal would have (:func:`tidy_outputs`; the executed
+``.ipynb`` is left as it is): a progress bar is its last state, not one line per update
+(``\r`` rewrites and ``\b`` applied); TensorFlow's C++ log lines are left out and counted
+in the bar; a stderr stream that holds only progress bars is not shown as an error. Long
+text outputs and tables scroll in a box instead of running for screens; in pandas tables
+the default 0..n-1 index is left out and text cells are left-aligned (:func:`tidy_table`).
+
+Pages are written atomically; a notebook page is re-rendered when its notebook is newer
+than the page (or with ``force=True``).
 """
 
 from __future__ import annotations
@@ -50,6 +60,9 @@ KEY_PARAMS = (
     ("train.epochs", "epochs"),
     ("seed", "seed"),
 )
+SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+# Params that change with the dataset only: not repeated in the "params that differ" column.
+FOLLOW_DATASET = {"name", "data.attributes", "eval.subgroups"}
 SYNTHETIC_TEXT = (
     "SYNTHETIC DATA — this study ran on procedurally drawn faces, not photographs. "
     "Its figures show that the pipeline works; they say nothing about real faces."
@@ -65,6 +78,8 @@ th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .banner{background:#fff1c2;border:2px solid #d4a72c;padding:10px 14px;font-weight:bold;margin:16px 0}
 .bad{color:#cf222e;font-weight:bold}.ok{color:#1a7f37}.muted{color:#57606a}
 code{background:#f6f8fa;padding:0 3px}
+th{white-space:nowrap}td.flagged{background:#fff5f5}td.best{font-weight:bold}
+.params{font-size:13px}
 """
 
 _BAR_CSS = """
@@ -73,8 +88,16 @@ _BAR_CSS = """
  font:14px -apple-system,Segoe UI,Helvetica,Arial,sans-serif}
 .ft-bar button{font:inherit;padding:2px 10px;cursor:pointer}
 .ft-synthetic{color:#9a6700;font-weight:bold}
+.ft-note{color:#57606a;font-size:12px}
 body.ft-hide-code .jp-CodeCell .jp-Cell-inputWrapper{display:none}
 body.ft-hide-code .jp-CodeCell.jp-mod-noOutputs{display:none}
+body.ft-hide-code .jp-OutputPrompt{visibility:hidden}
+.jp-InputArea-editor .highlight pre{white-space:pre-wrap;overflow-wrap:anywhere}
+.jp-OutputArea-output pre{max-height:32em;overflow:auto}
+.ft-scroll{max-height:44em;overflow:auto}
+.ft-scroll thead th{position:sticky;top:0;background:#fff}
+.jp-RenderedHTMLCommon td.ft-text,.jp-RenderedHTMLCommon th.ft-text{text-align:left}
+.jp-RenderedHTMLCommon table caption{text-align:left}
 """
 
 _BAR_JS = """
@@ -146,16 +169,150 @@ def is_synthetic(info: Mapping) -> bool:
 # notebook pages
 
 
+# The lab template without the scripts it fetches from a CDN (require.js, MathJax,
+# mermaid): the notebooks need none of them, and a page must open offline.
+_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
 _EXPORTER = None
+# TensorFlow / absl C++ log lines ("I0000 00:00:1795524242.869648    9657 port.cc:153] ...").
+_TF_LOG = re.compile(r"[IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\] .*|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR")
+_PROGRESS_BAR = re.compile(r"\d+%\|")  # a tqdm bar: "name:  40%|████      | 160/400 [...]"
 
 
 def _exporter():
     global _EXPORTER
     if _EXPORTER is None:
+        from jinja2 import DictLoader
         from nbconvert import HTMLExporter
 
-        _EXPORTER = HTMLExporter(template_name="lab", embed_images=True)
+        _EXPORTER = HTMLExporter(template_name="lab", template_file="facetransfer_report.html.j2", embed_images=True,
+                                 extra_loaders=[DictLoader({"facetransfer_report.html.j2": _TEMPLATE})])
     return _EXPORTER
+
+
+def terminal_text(text: str) -> str:
+    """``text`` as a terminal shows it: on each line only what the last ``\\r`` rewrite left
+    (the last non-blank one), with backspaces applied. A Keras or tqdm progress bar
+    becomes its final state instead of one line per update."""
+    lines = []
+    for line in text.split("\n"):
+        shown = ""
+        for segment in line.split("\r"):
+            chars: list[str] = []
+            for ch in segment:
+                if ch == "\b":
+                    if chars:
+                        chars.pop()
+                else:
+                    chars.append(ch)
+            if "".join(chars).strip():
+                shown = "".join(chars)
+        lines.append(shown)
+    return "\n".join(lines)
+
+
+def tidy_outputs(outputs: list) -> tuple[list, int]:
+    """The outputs of one cell as the report shows them, and how many TF log lines were left out.
+
+    Consecutive stream outputs of one name are joined and shown as a terminal would
+    (:func:`terminal_text`); TensorFlow's C++ log lines are left out; a stream that becomes
+    empty is dropped; stderr holding only progress bars is shown as plain output.
+    """
+    import copy
+
+    merged: list = []
+    for out in outputs:
+        if out.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream" and merged[-1]["name"] == out["name"]:
+            merged[-1]["text"] += out["text"]
+        else:
+            merged.append(copy.deepcopy(out))
+    shown, hidden = [], 0
+    for out in merged:
+        if out.get("output_type") == "stream":
+            lines = [line for line in terminal_text(out["text"]).split("\n") if line.strip()]
+            kept = [line for line in lines if not _TF_LOG.fullmatch(line.strip())]
+            hidden += len(lines) - len(kept)
+            if not kept:
+                continue
+            out["text"] = "\n".join(kept) + "\n"
+            if out["name"] == "stderr" and all(_PROGRESS_BAR.search(line) for line in kept):
+                out["name"] = "stdout"
+        shown.append(out)
+    return shown, hidden
+
+
+_TABLE = re.compile(r"<table\b.*?</table>", re.S)
+_ROW = re.compile(r"<tr\b[^>]*>.*?</tr>", re.S)
+_CELL = re.compile(r"<(t[hd])\b([^>]*)>(.*?)</\1>", re.S)
+_NUMBER = re.compile(r"[-+]?(\d[\d,]*\.?\d*|\.\d+)([eE][-+]?\d+)?%?|[-+]?inf|nan|NaN|None|<NA>|NaT|–|")
+
+
+def _is_number(cell_html: str) -> bool:
+    return bool(_NUMBER.fullmatch(re.sub(r"<[^>]+>", "", cell_html).strip()))
+
+
+def _with_class(attrs: str, name: str) -> str:
+    m = re.search(r'class="([^"]*)"', attrs)
+    if m:
+        return attrs[: m.start()] + f'class="{m.group(1)} {name}"' + attrs[m.end() :]
+    return f'{attrs} class="{name}"'
+
+
+def _tidy_one_table(table: str) -> str:
+    if "colspan" in table or "rowspan" in table or "<thead" not in table or "<tbody" not in table:
+        return f'<div class="ft-scroll">{table}</div>'  # multi-level headers: cells left as pandas wrote them
+    head_end = table.index("</thead>")
+    rows = [(m, m.start() < head_end) for m in _ROW.finditer(table)]
+    cells = [_CELL.findall(m.group(0)) for m, _ in rows]
+    body = [c for c, (_, is_head) in zip(cells, rows, strict=True) if not is_head]
+    head = [c for c, (_, is_head) in zip(cells, rows, strict=True) if is_head]
+    drop_index = (
+        bool(body) and bool(head)
+        and all(r and r[0][0] == "th" and r[0][2].strip() == str(i) for i, r in enumerate(body))
+        and all(r and r[0][0] == "th" and not r[0][2].strip() for r in head)
+    )
+    text_columns = {j for r in body for j, c in enumerate(r) if c[0] == "td" and not _is_number(c[2])}
+    pieces, last = [], 0
+    for (m, is_head), row_cells in zip(rows, cells, strict=True):
+        new = []
+        for j, (tag, attrs, content) in enumerate(row_cells):
+            if drop_index and j == 0:
+                continue
+            left = j in text_columns or (tag == "th" and not is_head and not _is_number(content))
+            new.append(f"<{tag}{_with_class(attrs, 'ft-text') if left else attrs}>{content}</{tag}>")
+        row_open = re.match(r"<tr\b[^>]*>", m.group(0)).group(0)
+        pieces += [table[last : m.start()], row_open + "".join(new) + "</tr>"]
+        last = m.end()
+    return '<div class="ft-scroll">' + "".join(pieces) + table[last:] + "</div>"
+
+
+def tidy_table(html_text: str) -> str:
+    """pandas tables in ``html_text`` made easier to read: each in a box that scrolls past
+    44 lines, the default 0..n-1 index column left out, columns holding text (and text
+    index labels) left-aligned, columns of numbers right-aligned. The cells of tables with
+    multi-level headers are left as pandas wrote them."""
+    return _TABLE.sub(lambda m: _tidy_one_table(m.group(0)), html_text)
+
+
+def tidy_notebook(nb) -> int:
+    """Apply :func:`tidy_outputs` and :func:`tidy_table` to every code cell of ``nb`` (in
+    place); returns the number of TF log lines left out."""
+    hidden = 0
+    for cell in nb.cells:
+        if cell.get("cell_type") != "code":
+            continue
+        cell.outputs, n = tidy_outputs(cell.get("outputs", []))
+        hidden += n
+        for out in cell.outputs:
+            html_text = out.get("data", {}).get("text/html")
+            if isinstance(html_text, str) and "<table" in html_text:
+                out["data"]["text/html"] = tidy_table(html_text)
+            elif isinstance(html_text, list):
+                out["data"]["text/html"] = tidy_table("".join(html_text))
+    return hidden
 
 
 def notebook_html(notebook: Path, *, title: str, index_href: str, synthetic: bool) -> str:
@@ -163,11 +320,14 @@ def notebook_html(notebook: Path, *, title: str, index_href: str, synthetic: boo
     import nbformat
 
     nb = nbformat.read(notebook, as_version=4)
+    hidden = tidy_notebook(nb)
     body, _ = _exporter().from_notebook_node(nb, resources={"metadata": {"name": title}})
     tag = '<span class="ft-synthetic">SYNTHETIC DATA</span>' if synthetic else ""
+    note = (f'<span class="ft-note" title="kept in the executed notebook {e(notebook.name)}">'
+            f"{hidden} TensorFlow log line{'s' if hidden != 1 else ''} not shown</span>") if hidden else ""
     bar = (
         f'<div class="ft-bar"><a href="{e(index_href)}">&larr; study report</a>'
-        f'<button id="ft-toggle" type="button">Hide code</button><span>{e(title)}</span>{tag}</div>'
+        f'<button id="ft-toggle" type="button">Hide code</button><span>{e(title)}</span>{tag}{note}</div>'
         f"<script>{_BAR_JS}</script>"
     )
     body = body.replace("</head>", f"<style>{_BAR_CSS}</style>\n</head>", 1)
@@ -238,11 +398,21 @@ def _key_params(params: Mapping | None) -> str:
     return " · ".join(parts)
 
 
-def _table(head: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
-    """Rows of already-escaped HTML cells."""
+def _table(head: list[str], rows: list[list[str]], numeric: set[int] = frozenset(), *,
+           row_classes: list[str] | None = None, cell_classes: Mapping[tuple[int, int], str] | None = None) -> str:
+    """Rows of already-escaped HTML cells; optional CSS classes per row (set on its cells)
+    and per (row, column)."""
     th = "".join(f"<th>{e(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(row)) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+    cell_classes = cell_classes or {}
+    body = []
+    for r, row in enumerate(rows):
+        row_css = row_classes[r] if row_classes else ""
+        cells = []
+        for i, c in enumerate(row):
+            classes = " ".join(x for x in ("num" if i in numeric else "", row_css, cell_classes.get((r, i), "")) if x)
+            cells.append(f'<td class="{classes}">{c}</td>' if classes else f"<td>{c}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def _status(run: Mapping) -> str:
@@ -252,10 +422,54 @@ def _status(run: Mapping) -> str:
     return str(metrics.get("status", "unknown"))
 
 
+def _flat_params(run: Mapping) -> dict:
+    from facetransfer.params import flatten
+
+    params = run.get("params") or _get(run.get("metrics"), "params")
+    return flatten(params) if isinstance(params, Mapping) else {}
+
+
+def _short(key: str) -> str:
+    labels = {dotted: label for dotted, label in KEY_PARAMS if label}
+    if key in labels:
+        return labels[key]
+    head, _, rest = key.partition(".")
+    return rest if head in ("data", "model", "train", "eval") and rest else key
+
+
+def _differing(runs: list[dict]) -> tuple[list[str], list[str]]:
+    """(params that differ between ``runs``, the key params all of them share): the key
+    params first, then any other param that differs, except those that only follow the
+    dataset (its attribute columns, the subgroups evaluated)."""
+    flats = [_flat_params(r) for r in runs]
+    key_order = [d for d, _ in KEY_PARAMS]
+    if len(runs) < 2:
+        return [], key_order
+    keys = key_order + sorted(k for k in {k for f in flats for k in f} - set(key_order) - FOLLOW_DATASET)
+    differ = [k for k in keys if len({json.dumps(f.get(k, "<unset>"), sort_keys=True, default=str) for f in flats}) > 1]
+    shared = [d for d in key_order if d not in differ and any(d in f for f in flats)]
+    return differ, shared
+
+
+def _params_text(flat: Mapping, keys: list[str]) -> str:
+    return " · ".join(f"{_short(k)}={_fmt(flat[k])}" for k in keys if k in flat)
+
+
+def _metric_cell(value: Any, digits: int, task: Any) -> str:
+    """A test accuracy / F1 cell; for age in years it is the accuracy of the derived age group."""
+    text = _num(value, digits)
+    if task == "age" and text != "–":
+        return f'<span class="muted" title="accuracy of the age group derived from the predicted age">{text}<br><span class="small">age group</span></span>'
+    return text
+
+
 def _runs_section(runs: list[dict], pages: Mapping[str, str], study_dir: Path) -> str:
-    rows = []
-    for run in runs:
+    differ, shared = _differing(runs)
+    rows, row_classes, best = [], [], {}
+    for r, run in enumerate(runs):
         m = run.get("metrics") or {}
+        flat = _flat_params(run)
+        task = flat.get("task")
         status = _status(run)
         css = "ok" if status == "ok" else "bad" if status == "failed" else "muted"
         status_html = f'<span class="{css}">{e(status)}</span>'
@@ -265,6 +479,10 @@ def _runs_section(runs: list[dict], pages: Mapping[str, str], study_dir: Path) -
         if _get(m, "test.degenerate"):
             reason = _get(m, "test.degenerate_reason") or "degenerate"
             degenerate = f'<span class="bad" title="{e(str(reason))}">degenerate</span><div class="small">{e(str(reason))}</div>'
+        accuracy = _get(m, "test.accuracy")
+        if status == "ok" and not degenerate and task != "age" and isinstance(accuracy, (int, float)) and not isinstance(accuracy, bool):
+            if task not in best or accuracy > rows[best[task]][4][0]:
+                best[task] = r
         run_id = run["run_id"]
         links = [f'<a href="{e(href)}">notebook</a>' for rel, href in pages.items() if rel.startswith(f"runs/{run_id}/")]
         if (study_dir / "runs" / run_id / "metrics.json").is_file():
@@ -273,18 +491,28 @@ def _runs_section(runs: list[dict], pages: Mapping[str, str], study_dir: Path) -
             [
                 e(str(run.get("name") or run_id)),
                 f"<code>{e(run_id)}</code>",
-                e(_key_params(run.get("params") or m.get("params"))),
+                f'<span class="params">{e(_params_text(flat, differ or shared))}</span>',
                 status_html,
-                _num(_get(m, "test.accuracy"), 4),
-                _num(_get(m, "test.f1_macro"), 4),
+                (accuracy, _metric_cell(accuracy, 4, task)),
+                _metric_cell(_get(m, "test.f1_macro"), 4, task),
                 _num(_get(m, "test.mae"), 2),
                 _num(_get(m, "timing.train_seconds"), 1),
                 degenerate,
                 " · ".join(links),
             ]
         )
-    head = ["run", "run id", "key params", "status", "test accuracy", "test F1 (macro)", "test MAE", "train s", "flags", "files"]
-    return _table(head, rows, numeric={4, 5, 6, 7})
+        row_classes.append("flagged" if degenerate else "")
+    for row in rows:
+        row[4] = row[4][1]
+    head = ["run", "run id", "params that differ" if differ else "key params", "status", "test accuracy", "test F1 (macro)",
+            "test MAE", "train s", "flags", "files"]
+    table = _table(head, rows, numeric={4, 5, 6, 7}, row_classes=row_classes, cell_classes={(r, 4): "best" for r in best.values()})
+    note = ""
+    if differ:
+        common = _params_text(_flat_params(runs[0]), shared)
+        note = f'<p class="small">Same in every run: {e(common)}.' if common else '<p class="small">'
+        note += " Bold: the best test accuracy of each task among runs that are not degenerate.</p>"
+    return note + table
 
 
 def _reported_section(reported: list[dict], runs: list[dict]) -> str:
@@ -332,7 +560,7 @@ def _provenance_section(runs: list[dict]) -> str:
                 e(str(prov.get("n_usable", "–"))),
                 e(str(prov.get("n_quarantined", sum(reasons.values()) if reasons else 0))),
                 quarantine,
-                e(", ".join(f"{k} {v}" for k, v in splits.items())),
+                e(", ".join(f"{k} {splits[k]}" for k in sorted(splits, key=lambda k: (SPLIT_ORDER.get(k, 9), k)))),
             ]
         )
     return _table(["dataset", "root", "records", "usable", "quarantined", "quarantined by reason", "split"], rows, numeric={2, 3, 4})
@@ -357,6 +585,17 @@ def _stage_status(study_dir: Path, stage: str) -> str:
     return "not run"
 
 
+def _search_choice(info: Mapping, study_dir: Path) -> str:
+    """What the search chose (``search/best_params.json``), as a line under its stage."""
+    best = _read(study_dir / "search" / "best_params.json")
+    if not best or not isinstance(best.get("best"), Mapping):
+        return ""
+    chosen = info.get("search_best") or best["best"]
+    values = " · ".join(f"{k}={_fmt(v)}" for k, v in chosen.items())
+    score = f" ({e(str(best.get('metric')))} {_num(best.get('score'), 4)})" if best.get("metric") else ""
+    return f'<div class="small">chosen by the {e(str(best.get("method", "")))} search{score}, used by the runs with use_search: <code>{e(values)}</code></div>'
+
+
 def _stages_section(info: Mapping, study_dir: Path, pages: Mapping[str, str]) -> str:
     stages = [s for s in info.get("stages", STAGE_DIRS) if s in STAGE_DIRS] or list(STAGE_DIRS)
     items = []
@@ -364,7 +603,8 @@ def _stages_section(info: Mapping, study_dir: Path, pages: Mapping[str, str]) ->
         status = _stage_status(study_dir, stage)
         css = "ok" if status == "ok" else "bad" if status.startswith("failed") else "muted"
         links = [f'<a href="{e(href)}">{e(Path(rel).stem)}</a>' for rel, href in pages.items() if rel.startswith(f"{stage}/")]
-        items.append(f'<li><b>{e(STAGE_TITLES[stage])}</b> — <span class="{css}">{e(status)}</span> {" · ".join(links)}</li>')
+        extra = _search_choice(info, study_dir) if stage == "search" else ""
+        items.append(f'<li><b>{e(STAGE_TITLES[stage])}</b> — <span class="{css}">{e(status)}</span> {" · ".join(links)}{extra}</li>')
     return f"<ul>{''.join(items)}</ul>"
 
 
