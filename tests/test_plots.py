@@ -424,3 +424,64 @@ def test_real_data_study_is_not_synthetic_and_missing_history_is_an_error(tmp_pa
 def test_misclassified_grid_shows_ages_in_years():
     fig = render(plots.misclassified_grid(images(1), [73.0], [41.5], labels=None, unit="y"))
     assert visible_axes(fig)[0].get_title() == "true 73.0 y\npred 41.5 y"
+
+
+# ---------------------------------------------------------------- what a reader sees
+
+
+def watermark(fig):
+    return [t for t in fig.texts if t.get_text() == "SYNTHETIC DATA"]
+
+
+def drawn(fig):
+    """The figure drawn on an Agg canvas (layout done) and that canvas's renderer."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return canvas, canvas.get_renderer()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: plots.class_balance(records(), synthetic=True),
+    lambda: plots.sample_grid(images(16), ncols=8, synthetic=True),
+    lambda: plots.time_comparison(comparison(), synthetic=True),
+], ids=["class_balance", "sample_grid", "time_comparison"])
+def test_watermark_stays_inside_the_figure(make):
+    fig = render(make())
+    [mark] = watermark(fig)
+    canvas, renderer = drawn(fig)
+    box = mark.get_window_extent(renderer)
+    width, height = canvas.get_width_height()
+    assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height  # a tight bbox is not widened by it
+
+
+def test_message_figures_are_small_and_say_synthetic_without_a_watermark():
+    fig = render(plots.age_histogram(records().drop(columns=["age", "age_group"]), synthetic=True))
+    assert "no ages" in fig.axes[0].texts[0].get_text()
+    assert "SYNTHETIC DATA" in suptitle(fig) and watermark(fig) == []
+    assert fig.get_size_inches()[1] <= 1.5
+
+
+def test_saliency_overlay_opacity_follows_the_map():
+    heat = np.zeros((3, 4, 4))
+    heat[0, 1, 2] = 0.4
+    heat[1] -= 0.2  # nothing lowers P(predicted): a transparent overlay
+    fig = render(plots.saliency_grid(images(3), heat, ncols=3, alpha=0.6))
+    overlays = [ax.images[1] for ax in fig.axes if len(ax.images) == 2]
+    first = np.asarray(overlays[0].get_alpha())
+    assert first.max() == pytest.approx(0.6) and first[1, 2] == pytest.approx(0.6) and (first == 0).sum() == 15
+    assert np.asarray(overlays[1].get_alpha()).max() == 0
+
+
+def test_search_history_has_whole_trial_numbers_and_overlaid_calibration_keeps_its_legend_aside():
+    fig = render(plots.search_history(pd.DataFrame({"trial": [0, 1], "score": [0.8, 0.9]})))
+    assert all(float(t).is_integer() for t in fig.axes[0].get_xticks())
+    from facetransfer import stats
+
+    pred = predictions()
+    bins = stats.reliability_table(pred["y_true"], pred["prob"], n_bins=5)
+    fig = render(plots.reliability_diagram({"a": bins, "b": bins}))
+    legend = fig.axes[0].get_legend()
+    _, renderer = drawn(fig)
+    assert legend.get_window_extent(renderer).x0 >= fig.axes[0].get_window_extent(renderer).x1  # beside, not over, the curves

@@ -45,23 +45,27 @@ def _figure(nrows: int = 1, ncols: int = 1, *, size: tuple[float, float] = (6.4,
     return fig, axes
 
 
-def _finish(fig: Figure, title: str, synthetic: bool) -> Figure:
-    """Set the title; mark the figure when its data is synthetic."""
+def _finish(fig: Figure, title: str, synthetic: bool, *, watermark: bool = True) -> Figure:
+    """Set the title; mark the figure when its data is synthetic (subtitle, and a
+    watermark sized to stay inside the figure, so it never widens a saved figure)."""
     if synthetic:
         title = f"{title}\n{SYNTHETIC_NOTE}"
-        fig.text(0.5, 0.5, SYNTHETIC_LABEL, ha="center", va="center", rotation=25,
-                 fontsize=44, color=RED, alpha=0.18, weight="bold", zorder=100)
+        if watermark:
+            width, height = fig.get_size_inches()
+            fig.text(0.5, 0.5, SYNTHETIC_LABEL, ha="center", va="center", rotation=25,
+                     fontsize=min(44.0, 5.5 * width, 12.0 * height), color=RED, alpha=0.18, weight="bold", zorder=100)
     fig.suptitle(title, fontsize=11)
     return fig
 
 
 def _message(title: str, text: str, *, synthetic: bool = False) -> Figure:
-    """A figure that states why there is nothing to plot."""
-    fig, axes = _figure(size=(6.4, 1.8))
+    """A small figure that states why there is nothing to plot (the subtitle still says
+    SYNTHETIC DATA; there is nothing to watermark)."""
+    fig, axes = _figure(size=(7.0, 1.3))
     ax = axes[0, 0]
-    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=11, wrap=True)
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=10, color="#444444", style="italic", wrap=True)
     ax.set_axis_off()
-    return _finish(fig, title, synthetic)
+    return _finish(fig, title, synthetic, watermark=False)
 
 
 def _as_display(image) -> np.ndarray:
@@ -319,12 +323,16 @@ def image_sizes(sizes, *, target: int | None = None, limit: int = 2000, seed: in
     fig, axes = _figure(1, 2, size=(10.0, 4.0))
     ax = axes[0, 0]
     ax.scatter(counts["width"], counts["height"], s=20 + 300 * counts["n"] / counts["n"].max(), alpha=0.6, color=PALETTE[1])
+    xs = list(counts["width"]) + ([target] if target is not None else [])
+    middle = (min(xs) + max(xs)) / 2
     for _, row in counts.nlargest(3, "n").iterrows():
+        right_half = row.width > middle or len(set(xs)) == 1  # label towards the inside of the axes
         ax.annotate(f"{row.width}×{row.height} (n={row.n})", (row.width, row.height), fontsize=8,
-                    xytext=(4, 4), textcoords="offset points")
+                    xytext=(-8 if right_half else 8, 8), textcoords="offset points", ha="right" if right_half else "left")
     if target is not None:
         ax.scatter([target], [target], marker="x", s=80, color=RED, label=f"model input {target}×{target}")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="lower right")
+    ax.margins(0.25)  # room for the point sizes and their labels
     ax.set_xlabel("width (px)")
     ax.set_ylabel("height (px)")
     ax.set_title(f"distinct sizes: {len(counts)}")
@@ -451,7 +459,7 @@ def confusion_matrix(cm, labels: Sequence[str] = CLASS_NAMES, *, title: str = "C
     rows = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     annot = np.array([[f"{int(c)}\n{s:.1%}" for c, s in zip(crow, srow, strict=True)] for crow, srow in zip(cm, share, strict=True)])
-    side = max(4.0, 2.4 + 0.9 * len(labels))
+    side = max(4.0, 2.4 + 0.7 * len(labels))
     fig, axes = _figure(size=(side + 1.2, side))
     ax = axes[0, 0]
     sns.heatmap(share, ax=ax, annot=annot, fmt="", cmap="Blues", vmin=0, vmax=1, square=True,
@@ -482,9 +490,12 @@ def misclassified_grid(images, true, pred, prob=None, *, labels: Sequence[str] |
     return sample_grid(images, captions, ncols=ncols, labels=None, title=title, synthetic=synthetic)
 
 
-def saliency_grid(images, heatmaps, captions: Sequence[str] | None = None, *, ncols: int = 4, alpha: float = 0.5,
+def saliency_grid(images, heatmaps, captions: Sequence[str] | None = None, *, ncols: int = 4, alpha: float = 0.75,
                   title: str = "Occlusion saliency", synthetic: bool = False) -> Figure:
-    """Each image beside its saliency map overlaid (red = occluding this region hurts most)."""
+    """Each image beside its saliency map overlaid (red = occluding this region hurts most).
+
+    The overlay's opacity follows the map (up to ``alpha`` at its maximum), so regions
+    that do not matter stay visible as they are."""
     n = _check_lengths(images=images, heatmaps=heatmaps, captions=captions)
     if n == 0:
         return _message(title, "no images to explain", synthetic=synthetic)
@@ -496,12 +507,13 @@ def saliency_grid(images, heatmaps, captions: Sequence[str] | None = None, *, nc
     for i in range(n):
         r, c = divmod(i, ncols)
         img = _as_display(images[i])
-        heat = np.asarray(heatmaps[i], dtype=float)
+        heat = np.nan_to_num(np.asarray(heatmaps[i], dtype=float)).clip(min=0)
+        weight = heat / heat.max() if heat.max() > 0 else heat
         left, right = axes[r, 2 * c], axes[r, 2 * c + 1]
         left.imshow(img)
         right.imshow(img)
-        right.imshow(heat, cmap="jet", alpha=alpha, extent=(-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5),
-                     interpolation="bilinear")
+        right.imshow(weight, cmap="jet", vmin=0, vmax=1, alpha=alpha * weight,
+                     extent=(-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5), interpolation="bilinear")
         left.set_title(captions[i] if captions is not None else f"image {i + 1}", fontsize=8)
         right.set_title("saliency", fontsize=8)
     return _finish(fig, title, synthetic)
@@ -516,7 +528,8 @@ def reliability_diagram(table, *, title: str = "Reliability diagram", synthetic:
     An ``ece`` entry in ``table.attrs`` goes into the legend.
     """
     tables = dict(table) if isinstance(table, Mapping) else {"": table}
-    fig, axes = _figure(2, 1, size=(5.2, 6.0), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    overlaid = len(tables) > 1
+    fig, axes = _figure(2, 1, size=(8.4 if overlaid else 5.2, 6.0), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top, bottom = axes[0, 0], axes[1, 0]
     top.plot([0, 1], [0, 1], ":", color="gray", label="perfect calibration")
     width = 0.8 / max(1, len(tables)) / 10
@@ -534,7 +547,10 @@ def reliability_diagram(table, *, title: str = "Reliability diagram", synthetic:
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
     top.set_ylabel("observed frequency")
-    top.legend(fontsize=8)
+    if overlaid:  # beside the plot: one line per run would hide the curves
+        top.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    else:
+        top.legend(fontsize=8, loc="upper left")
     top.grid(alpha=0.3)
     bottom.set_xlabel("mean predicted probability")
     bottom.set_ylabel("images")
@@ -818,6 +834,7 @@ def search_history(result, *, higher_is_better: bool | None = None, title: str =
     ax = axes[0, 0]
     ax.plot(x, scores, "o", label="trial", color=PALETTE[1])
     ax.step(x, best, where="post", color=RED, label="best so far")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel(metric or "score")
     ax.grid(alpha=0.3)
