@@ -10,7 +10,7 @@ from facetransfer.errors import FacetransferError
 
 pytestmark = pytest.mark.slow  # one tiny bench run, about 30 s on 2 cores
 
-TINY = bench.Sizes(n=100, epochs=1, image_size=32, batch_size=16)
+TINY = bench.Sizes(n=100, epochs=1, image_size=32, batch_size=16, cases=("vgg16_frozen",))
 
 
 def _positive(value) -> bool:
@@ -41,7 +41,7 @@ def result(tmp_path_factory):
 def test_json_has_machine_sizes_and_cases(result):
     res, _ = result
     assert set(res) >= {"machine", "gpu", "sizes", "data", "weights", "cases", "decode", "seconds"}
-    assert res["sizes"] == {"n": 100, "epochs": 1, "image_size": 32, "batch_size": 16, "jpeg_height": 218}
+    assert {k: res["sizes"][k] for k in ("n", "epochs", "image_size", "batch_size")} == {"n": 100, "epochs": 1, "image_size": 32, "batch_size": 16}
     assert res["machine"]["cpus"] >= 1 and res["machine"]["backend"]
     assert list(res["cases"]) == ["vgg16_frozen", "compact_full"]  # run in the fixed case order
     assert _positive(res["seconds"])
@@ -52,10 +52,10 @@ def test_every_case_times_both_pipelines(result):
     for name, case in res["cases"].items():
         assert case["n_train"] + case["n_val"] <= 100 and case["n_train"] > 0, name
         for side in ("baseline", "facetransfer"):
-            assert _positive(case[side]["seconds"]), (name, side)
+            assert _positive(case[side]["seconds"]) and _positive(case[side]["cpu_seconds"]), (name, side)
             assert _positive(case[side]["images_per_s"]), (name, side)
             assert len(case[side]["epoch_seconds"]) == 1
-        assert _positive(case["ratio"])
+        assert _positive(case["ratio"]) and _positive(case["ratio_cpu"])
         assert case["ratio"] == pytest.approx(case["baseline"]["seconds"] / case["facetransfer"]["seconds"])
         assert case["target_applies"] is False and case["target_met"] is None  # 1 epoch, not 10
         assert case["facetransfer"]["image_cache_hit"] is False  # the one-time caching is in the time
@@ -70,6 +70,7 @@ def test_frozen_case_uses_the_feature_cache_and_reruns_from_caches(result):
     assert rerun["image_cache_hit"] is True and rerun["feature_extraction"] is False
     assert any("no decoding" in line for line in rerun["fit_log"])
     assert any("loaded from cache" in line for line in rerun["fit_log"])
+    assert _positive(frozen["two_runs_ratio"])
 
 
 def test_full_case_measures_model_only_throughput(result):
@@ -86,7 +87,7 @@ def test_decode_figures_and_text_report(result):
     d = res["decode"]
     assert d["images"] == 100 and d["to_px"] == 32 and _positive(d["images_per_s"])
     text = bench.format_text(res)
-    assert "(a) VGG16 frozen" in text and "(c') compact CNN full" in text
+    assert "(a) VGG16 frozen" in text and "(c) compact CNN full" in text
     assert "model only" in text and "[fit]" in text
     # the workdir keeps the synthetic set and the weights file, not the cold caches
     assert (workdir / "vgg16-notop-random-seed0.weights.h5").is_file()
