@@ -485,3 +485,13 @@ def test_search_history_has_whole_trial_numbers_and_overlaid_calibration_keeps_i
     legend = fig.axes[0].get_legend()
     _, renderer = drawn(fig)
     assert legend.get_window_extent(renderer).x0 >= fig.axes[0].get_window_extent(renderer).x1  # beside, not over, the curves
+
+
+def test_runs_overview_puts_what_a_run_is_before_its_data():
+    runs = pd.DataFrame({
+        "run_id": ["a", "b"], "label": ["a", "b"], "status": ["ok", "ok"], "error": [None, None],
+        "data.dataset": ["celeba", "utkface"], "eval.subgroups": [("Young",), ("race",)], "seed": [0, 0],
+        "train.learning_rate": [0.001, 0.01], "task": ["gender", "age"], "model.strategy": ["frozen", "full"],
+    })
+    assert list(plots.runs_overview(runs).columns) == [
+        "run_id", "label", "status", "error", "task", "model.strategy", "train.learning_rate", "data.dataset", "eval.subgroups"]

@@ -254,17 +254,18 @@ def test_tidy_outputs_merges_streams_drops_tf_logs_and_keeps_real_warnings():
 def test_tidy_table_drops_the_range_index_and_left_aligns_text_columns():
     import pandas as pd
 
-    frame = pd.DataFrame({"param": ["seed", "model.backbone"], "value": ["0", "compact"], "n": [3, 4]})
+    frame = pd.DataFrame({"param": ["seed", "model.backbone"], "value": ["0", "x" * 41], "n": [3, 4]})
     html_text = report.tidy_table(frame.to_html())
     assert html_text.startswith('<div class="ft-scroll">') and html_text.endswith("</div>")
     assert "<th>0</th>" not in html_text and "<th>1</th>" not in html_text
     rows = re.findall(r"<tr.*?</tr>", html_text, re.S)
     head = re.findall(r"<th[^>]*>", rows[0])
     assert len(head) == 3 and "ft-text" in head[0] and "ft-text" in head[1] and "ft-text" not in head[2]
-    assert re.search(r'<td class="ft-text">seed</td>\s*<td class="ft-text">0</td>\s*<td>3</td>', rows[1])
+    assert re.search(r'<td class="ft-text ft-nowrap">seed</td>\s*<td class="ft-text ft-nowrap">0</td>\s*<td class="ft-nowrap">3</td>', rows[1])
+    assert f'<td class="ft-text">{"x" * 41}</td>' in rows[2]  # long text may wrap
     named = pd.DataFrame({"accuracy": [0.9, 0.8]}, index=pd.Index(["female", "male"], name="class"))
     kept = report.tidy_table(named.to_html())
-    assert re.search(r'<th class="ft-text">female</th>\s*<td>0.9</td>', kept)  # a real index stays
+    assert re.search(r'<th class="ft-text ft-nowrap">female</th>\s*<td class="ft-nowrap">0.9</td>', kept)  # a real index stays
 
 
 def test_notebook_page_is_tidy_and_fetches_nothing(tmp_path):

@@ -1060,13 +1060,16 @@ def banner(synthetic: bool, text: str = "every figure and number below comes fro
 
 
 def runs_overview(runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs with their status and only the params that differ between them."""
+    """The runs with their status and only the params that differ between them (task,
+    model and train params first, then data and eval)."""
     from facetransfer.compare import param_columns
 
     def key(v):
         return json.dumps(v, sort_keys=True, default=str)
 
     varying = [c for c in param_columns(runs) if runs[c].map(key).nunique() > 1]
+    rank = {"task": 0, "model": 1, "train": 2, "seed": 3, "data": 4, "eval": 5}  # what a run is first, then its data
+    varying.sort(key=lambda c: rank.get(c.split(".")[0], 6))
     cols = [c for c in ("run_id", "label", "status", "error") if c in runs] + varying
     return runs[cols]
 

@@ -97,6 +97,7 @@ body.ft-hide-code .jp-OutputPrompt{visibility:hidden}
 .ft-scroll{max-height:44em;overflow:auto}
 .ft-scroll thead th{position:sticky;top:0;background:#fff}
 .jp-RenderedHTMLCommon td.ft-text,.jp-RenderedHTMLCommon th.ft-text{text-align:left}
+.jp-RenderedHTMLCommon .ft-nowrap{white-space:nowrap}
 .jp-RenderedHTMLCommon table caption{text-align:left}
 """
 
@@ -247,11 +248,17 @@ def tidy_outputs(outputs: list) -> tuple[list, int]:
 _TABLE = re.compile(r"<table\b.*?</table>", re.S)
 _ROW = re.compile(r"<tr\b[^>]*>.*?</tr>", re.S)
 _CELL = re.compile(r"<(t[hd])\b([^>]*)>(.*?)</\1>", re.S)
+NOWRAP_CHARS = 40
 _NUMBER = re.compile(r"[-+]?(\d[\d,]*\.?\d*|\.\d+)([eE][-+]?\d+)?%?|[-+]?inf|nan|NaN|None|<NA>|NaT|–|")
 
 
 def _is_number(cell_html: str) -> bool:
     return bool(_NUMBER.fullmatch(re.sub(r"<[^>]+>", "", cell_html).strip()))
+
+
+def _is_short(cell_html: str) -> bool:
+    """Short enough to keep on one line (labels, verdicts); longer text wraps."""
+    return len(html.unescape(re.sub(r"<[^>]+>", "", cell_html)).strip()) <= NOWRAP_CHARS
 
 
 def _with_class(attrs: str, name: str) -> str:
@@ -282,7 +289,8 @@ def _tidy_one_table(table: str) -> str:
             if drop_index and j == 0:
                 continue
             left = j in text_columns or (tag == "th" and not is_head and not _is_number(content))
-            new.append(f"<{tag}{_with_class(attrs, 'ft-text') if left else attrs}>{content}</{tag}>")
+            classes = [name for name, on in (("ft-text", left), ("ft-nowrap", _is_short(content))) if on]
+            new.append(f"<{tag}{_with_class(attrs, ' '.join(classes)) if classes else attrs}>{content}</{tag}>")
         row_open = re.match(r"<tr\b[^>]*>", m.group(0)).group(0)
         pieces += [table[last : m.start()], row_open + "".join(new) + "</tr>"]
         last = m.end()
@@ -291,9 +299,10 @@ def _tidy_one_table(table: str) -> str:
 
 def tidy_table(html_text: str) -> str:
     """pandas tables in ``html_text`` made easier to read: each in a box that scrolls past
-    44 lines, the default 0..n-1 index column left out, columns holding text (and text
-    index labels) left-aligned, columns of numbers right-aligned. The cells of tables with
-    multi-level headers are left as pandas wrote them."""
+    44 lines (and sideways), the default 0..n-1 index column left out, columns holding text
+    (and text index labels) left-aligned, columns of numbers right-aligned, cells of up to
+    40 characters kept on one line. The cells of tables with multi-level headers are left
+    as pandas wrote them."""
     return _TABLE.sub(lambda m: _tidy_one_table(m.group(0)), html_text)
 
 
