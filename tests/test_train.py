@@ -276,3 +276,20 @@ def test_augmentation_turns_the_feature_cache_off(tmp_path, pretrained):
     prefix, rest = train.feature_split(model, cfg_on)
     assert not prefix.trainable_weights
     assert sorted(w.path for w in rest.trainable_weights) == sorted(w.path for w in model.trainable_weights)
+
+
+def test_age_output_starts_at_the_median_training_age():
+    import keras
+    import numpy as np
+
+    from facetransfer.train import init_age_output
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, {"age": keras.layers.Dense(1, name="age")(inputs)})
+    log: list[str] = []
+    init_age_output(model, {"age": np.array([20.0, 30.0, 61.0])}, log)
+    assert model.get_layer("age").get_weights()[1][0] == 30.0
+    assert "30.0 years" in log[0]
+    gender_only = keras.Model(inputs, {"gender": keras.layers.Dense(1, name="gender")(inputs)})
+    init_age_output(gender_only, {"gender": np.array([0, 1])}, log)
+    assert len(log) == 1  # nothing to do without an age output

@@ -51,7 +51,7 @@ def build_head(features, cfg: dict) -> dict:
     for i, width in enumerate(head["dense"], start=1):
         x = layers.Dense(width, kernel_regularizer=l2, name=f"head_dense_{i}")(x)
         if head["batch_norm"]:
-            x = layers.BatchNormalization(name=f"head_bn_{i}")(x)
+            x = layers.BatchNormalization(momentum=0.9, name=f"head_bn_{i}")(x)
         x = layers.Activation(head["activation"], name=f"head_act_{i}")(x)
         if head["dropout"] > 0:
             x = layers.Dropout(head["dropout"], seed=cfg["seed"] + i, name=f"head_dropout_{i}")(x)
