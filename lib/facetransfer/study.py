@@ -184,7 +184,10 @@ def read_yaml(path: Path) -> Any:
     """Parse a YAML file; a syntax error or a duplicated key is one line naming the file."""
     if not path.is_file():
         raise FacetransferError(f"{path}: study file not found")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise FacetransferError(f"{path}: not UTF-8 text (byte {exc.start}); save the study file as UTF-8") from None
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
