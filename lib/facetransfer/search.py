@@ -31,6 +31,7 @@ The search spec (the study file's ``search:`` section)::
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -70,20 +71,28 @@ def validate_spec(spec: Mapping | None, base_params: Mapping) -> dict:
         if key not in SPEC_KEYS:
             raise ParamError(f"search.{key}", f"unknown key; allowed keys here: {', '.join(SPEC_KEYS)}")
     spec.setdefault("metric", "val.accuracy")
-    if spec["metric"] not in METRICS:
+    if not isinstance(spec["metric"], str) or spec["metric"] not in METRICS:
         raise ParamError("search.metric", f"{spec['metric']!r} is not allowed; allowed: {', '.join(METRICS)}")
+    if not isinstance(spec.get("set") or {}, Mapping):
+        raise ParamError("search.set", "must be a mapping of run params, e.g. {train.epochs: 3}")
     spec["set"] = dict(spec.get("set") or {})
     for key in spec["set"]:
-        if not P.is_known_key(key):
-            raise ParamError(f"search.set.{key}", "is not a run param (see the params reference in the README)")
+        _check_run_key(f"search.set.{key}", key)
+    try:
+        base = trial_params(base_params, spec["set"])
+    except ParamError as exc:
+        raise ParamError(f"search.set.{exc.key}", str(exc).removeprefix(f"params: {exc.key}: ")) from None
     steps = spec.get("sequential") or []
     if not isinstance(steps, list):
         raise ParamError("search.sequential", "must be a list of {key, values}")
     for i, step in enumerate(steps):
-        if not isinstance(step, Mapping) or set(step) != {"key", "values"}:
+        if not isinstance(step, Mapping):
             raise ParamError(f"search.sequential[{i}]", "must be a mapping with exactly: key, values")
-        if not P.is_known_key(step["key"]):
-            raise ParamError(f"search.sequential[{i}].key", f"{step['key']!r} is not a run param")
+        for name in [*step, "key", "values"]:
+            if name not in ("key", "values") or name not in step:
+                why = "is required" if name in ("key", "values") else "unknown key; allowed keys here: key, values"
+                raise ParamError(f"search.sequential[{i}].{name}", why)
+        _check_run_key(f"search.sequential[{i}].key", step["key"])
         if not isinstance(step["values"], list) or not step["values"]:
             raise ParamError(f"search.sequential[{i}].values", "must be a non-empty list")
     spec["sequential"] = steps
@@ -100,15 +109,12 @@ def validate_spec(spec: Mapping | None, base_params: Mapping) -> dict:
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ParamError("search.optuna.n_trials", f"{n!r} is not an integer >= 1")
         space = opt.get("space") or {}
-        if not space:
-            raise ParamError("search.optuna.space", "must name at least one param")
+        if not isinstance(space, Mapping) or not space:
+            raise ParamError("search.optuna.space", "must be a mapping naming at least one param")
         for key, dist in space.items():
-            if not P.is_known_key(key):
-                raise ParamError(f"search.optuna.space.{key}", "is not a run param")
-            if not isinstance(dist, Mapping) or not ({"low", "high"} <= set(dist) or "choices" in dist):
-                raise ParamError(f"search.optuna.space.{key}", "must be {low, high[, log]} or {choices: [...]}")
+            _check_run_key(f"search.optuna.space.{key}", key)
+            _check_distribution(f"search.optuna.space.{key}", key, dist, base)
     # Every value a trial can take must make valid run params: check before any work.
-    base = trial_params(base_params, spec["set"])
     for i, step in enumerate(steps):
         for value in step["values"]:
             try:
@@ -116,6 +122,40 @@ def validate_spec(spec: Mapping | None, base_params: Mapping) -> dict:
             except ParamError as exc:
                 raise ParamError(f"search.sequential[{i}].values", f"{value!r}: {exc}") from None
     return spec
+
+
+def _check_run_key(where: str, key: Any) -> None:
+    if not isinstance(key, str) or not P.is_known_key(key):
+        raise ParamError(where, f"{key!r} is not a run param (see the params reference in the README)")
+
+
+def _check_distribution(where: str, key: str, dist: Any, base: Mapping) -> None:
+    """An Optuna distribution: ``{low, high[, log]}`` or ``{choices}``, every end a valid value."""
+    if not isinstance(dist, Mapping) or not ({"low", "high"} <= set(dist) or "choices" in dist):
+        raise ParamError(where, "must be {low, high[, log]} or {choices: [...]}")
+    allowed = ("choices",) if "choices" in dist else ("low", "high", "log")
+    for name in dist:
+        if name not in allowed:
+            raise ParamError(f"{where}.{name}", f"unknown key; allowed keys here: {', '.join(allowed)}")
+    if "choices" in dist:
+        values = dist["choices"]
+        if not isinstance(values, list) or not values:
+            raise ParamError(f"{where}.choices", "must be a non-empty list")
+    else:
+        low, high, log = dist["low"], dist["high"], dist.get("log", False)
+        for name, value in (("low", low), ("high", high)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ParamError(f"{where}.{name}", f"{value!r} is not a finite number")
+        if not isinstance(log, bool):
+            raise ParamError(f"{where}.log", f"{log!r} is not true or false")
+        if not low < high or (log and low <= 0):
+            raise ParamError(where, f"low {low!r} must be below high {high!r}" + (" and > 0 (log: true)" if log else ""))
+        values = [low, high]
+    for value in values:
+        try:
+            trial_params(base, {key: value})
+        except ParamError as exc:
+            raise ParamError(where, f"{value!r}: {exc}") from None
 
 
 def trial_params(base: Mapping, overrides: Mapping[str, Any]) -> dict:
