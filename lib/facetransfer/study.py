@@ -17,8 +17,8 @@ A study names the runs of ``03_finetune`` and the study-level stages around them
 
 Expansion. A top-level ``grid``, or the absence of ``runs``, makes a group named ``main``
 (defaults x grid); it comes first. Every group expands to the cartesian product of its own
-``grid`` (in the order the keys are written), times ``repeats``. The params of one run are
-built in this order, later steps winning:
+``grid`` (in the order the keys are written), times ``repeats``; a study expands to at most
+``MAX_RUNS`` (1000) runs. The params of one run are built in this order, later steps winning:
 
 1. ``defaults`` (nested, or dotted keys), then ``--set defaults.<key>=...`` overrides;
 2. the search's chosen values, for a group with ``use_search: true`` (only the keys the
@@ -54,6 +54,7 @@ import importlib
 import importlib.util
 import itertools
 import json
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -79,6 +80,7 @@ GROUP_KEYS = ("name", "set", "grid", "use_search")
 REPORTED_KEYS = ("match", "metrics", "source")
 OVERRIDABLE_STUDY_KEYS = ("repeats", "stages", "title", "description")
 MAIN_GROUP = "main"
+MAX_RUNS = 1000
 LABELS = {"learning_rate": "lr", "batch_size": "batch"}
 _HEX_ID = re.compile(r"[0-9a-f]{12}")
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -299,6 +301,14 @@ def _check_groups(raw_runs: Any, top_grid: dict) -> list[Group]:
     return groups
 
 
+def _check_size(groups: list[Group], repeats: int) -> None:
+    """At most MAX_RUNS runs: more is a typo in a grid or in repeats, not a study."""
+    n = sum(math.prod(len(values) for values in g.grid.values()) for g in groups) * repeats
+    if n > MAX_RUNS:
+        key = "study.repeats" if repeats > 1 and n // repeats <= MAX_RUNS else "study.runs"
+        raise ParamError(key, f"the study expands to {n} runs (groups x grid x repeats {repeats}); allowed: at most {MAX_RUNS}")
+
+
 def _check_reported(value: Any) -> list[dict]:
     if value is None:
         return []
@@ -415,6 +425,7 @@ def load_study(path, overrides: Sequence[str] = (), *, check_paths: bool = True)
         sha1=hashlib.sha1(path.read_bytes()).hexdigest(),
         overrides=list(overrides),
     )
+    _check_size(groups, study.repeats)
     study.runs = expand(study, check_paths=check_paths)
     if "explore" in stages or "search" in stages:
         study.base_params, study.base_depends_on = _base_params(study, check_paths=check_paths)
