@@ -107,7 +107,7 @@ def read_json(path: str | os.PathLike) -> Any:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
     except json.JSONDecodeError as exc:
-        raise DamagedFileError(f"{path} is damaged: not valid JSON ({exc.msg} at line {exc.lineno}); delete it and run again") from None
+        raise DamagedFileError(f"{path} is damaged: not valid JSON ({exc.msg}, line {exc.lineno} column {exc.colno}); delete it and run again") from None
     except UnicodeDecodeError:
         raise DamagedFileError(f"{path} is damaged: not UTF-8 text; delete it and run again") from None
 
