@@ -251,6 +251,7 @@ def optuna_search(base_params: Mapping, spec: Mapping, *, out_dir, results_root,
     seed = int(opt.get("seed", base_params.get("seed", 0) or 0))
     sampler = optuna.samplers.TPESampler(seed=seed) if opt.get("sampler", "tpe") == "tpe" else optuna.samplers.RandomSampler(seed=seed)
     direction = "maximize" if METRICS[spec["metric"]][1] else "minimize"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction=direction, sampler=sampler)
     trials = _Trials(out_dir, results_root, spec["metric"], verbose)
     rows = []
@@ -271,8 +272,12 @@ def optuna_search(base_params: Mapping, spec: Mapping, *, out_dir, results_root,
         rows.append({"trial": trial.number, **shown, "score": res["score"], "seconds": res["seconds"], "trial_id": res["trial_id"]})
         return res["score"]
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study.optimize(objective, n_trials=int(opt.get("n_trials", 8)), show_progress_bar=True)
+    n_trials = int(opt.get("n_trials", 8))
+
+    def progress(study, trial):  # one text line per trial: readable in the notebook and the report
+        print(f"[optuna] trial {trial.number + 1}/{n_trials}: {spec['metric']} {trial.value:.4f} (best {study.best_value:.4f})", flush=True)
+
+    study.optimize(objective, n_trials=n_trials, callbacks=[progress])
     best = dict(spec["set"])
     for key, value in study.best_trial.params.items():
         dist = opt["space"][key]
