@@ -62,7 +62,25 @@ def _cmd_data_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_keras_quietly() -> None:
+    """Import Keras with file descriptor 2 silenced.
+
+    TensorFlow 2.21 writes its start-up lines (absl, oneDNN, CUDA probing) straight to
+    fd 2 while it is imported, where no log level reaches them; they would bury our own
+    one-line messages. An import error still raises after stderr is restored.
+    """
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import keras  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    _import_keras_quietly()
     from facetransfer import runner
 
     return runner.run_study(
@@ -84,6 +102,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    _import_keras_quietly()
     from facetransfer import bench
 
     return bench.run_bench(quick=args.quick, as_json=args.json, cases=args.cases, workdir=args.workdir)

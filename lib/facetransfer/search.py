@@ -262,8 +262,8 @@ def optuna_search(base_params: Mapping, spec: Mapping, *, out_dir, results_root,
             if "choices" in dist:
                 choices = [json.dumps(c) for c in dist["choices"]]
                 values[key] = json.loads(trial.suggest_categorical(key, choices))
-            elif isinstance(dist["low"], int) and isinstance(dist["high"], int) and not dist.get("log"):
-                values[key] = trial.suggest_int(key, dist["low"], dist["high"])
+            elif isinstance(dist["low"], int) and isinstance(dist["high"], int):
+                values[key] = trial.suggest_int(key, dist["low"], dist["high"], log=bool(dist.get("log")))
             else:
                 values[key] = trial.suggest_float(key, float(dist["low"]), float(dist["high"]), log=bool(dist.get("log")))
         cfg = trial_params(base_params, values)
