@@ -133,7 +133,8 @@ def _check_split(records, split: pd.Series, stratify, val_expected: bool) -> Non
     counts = split.value_counts()
     for name in SPLITS:
         if counts.get(name, 0) == 0 and (name != "val" or val_expected):
-            raise DataError(f"split: the {name} split is empty ({len(records)} records; split counts {counts.to_dict()}); use more records or other fractions")
+            shown = {str(k): int(v) for k, v in counts.items()}
+            raise DataError(f"split: the {name} split is empty ({len(records)} records; split counts {shown}); use more records or other fractions")
     if stratify is None or is_binned(records, stratify):
         return
     labels = stratum_labels(records, stratify)
