@@ -9,7 +9,9 @@
    study file and its sha1, the ``--set`` overrides);
 3. executes the stages in order: ``explore/01_explore.ipynb``, ``search/02_search.ipynb``
    (after the runs its base params start from), ``runs/<run_id>/03_finetune.ipynb`` for every
-   run (a run after the runs its weights come from), ``compare/04_compare.ipynb``;
+   run (a run after the runs its weights come from), ``compare/04_compare.ipynb`` (for a
+   k-fold study, runs over several ``data.split.test_fold`` values, with
+   ``aggregate_over="data.split.test_fold"``: mean ± std over the folds, not the seeds);
 4. prints a summary table and, unless ``report=False``, renders ``report/index.html``.
 
 Resuming. A run is complete when ``runs/<id>/metrics.json`` says ``status: ok`` for that id
@@ -51,6 +53,7 @@ KERNEL = "facetransfer"
 NOTEBOOKS_ENV = "FACETRANSFER_NOTEBOOKS"
 DONE_MARKER = ".done.json"
 ERROR_CHARS = 400
+FOLD_KEY = "data.split.test_fold"
 
 
 def notebooks_dir(notebooks=None) -> Path:
@@ -120,10 +123,18 @@ def stage_execution(study: Study, stage: str, study_dir: Path, results_root: Pat
         needs = tuple(study.base_depends_on)
     elif stage == "compare":
         parameters = {"study_dir": str(study_dir)}
+        if is_k_fold(study):
+            parameters["aggregate_over"] = FOLD_KEY  # the notebook's default is "seed" (repeats)
         needs = tuple(r.run_id for r in study.runs if not r.pending)
     else:
         raise ValueError(stage)
     return Execution(stage, _hash({"stage": stage, "parameters": parameters}), stage, NOTEBOOKS[stage], out_dir, parameters, needs=needs)
+
+
+def is_k_fold(study: Study) -> bool:
+    """True when the study's runs are folds: split source ``folds`` with several test folds."""
+    folds = {r.params["data"]["split"]["test_fold"] for r in study.runs if r.params["data"]["split"]["source"] == "folds"}
+    return len(folds) > 1
 
 
 def run_execution(run: Run, study_dir: Path, results_root: Path) -> Execution:
