@@ -207,7 +207,8 @@ def test_adience_five_folds_mean_and_std_over_folds(stand_in, tmp_path):
         "model": {"backbone": "compact", "weights": "none", "strategy": "full", "head": {"dense": [16]}},
         "train": {"epochs": 1, "batch_size": 16},
     }
-    study.write_text(yaml.safe_dump({"study": "adience_folds", "defaults": defaults, "grid": {"data.split.test_fold": [0, 1, 2, 3, 4]}}))
+    body = {"study": "adience_folds", "stages": ["finetune", "compare"], "defaults": defaults, "grid": {"data.split.test_fold": [0, 1, 2, 3, 4]}}
+    study.write_text(yaml.safe_dump(body))
     runs = all_ok(run_in_process(study, [], tmp_path)).values()
     assert sorted(r["params"]["data"]["split"]["test_fold"] for r in runs) == [0, 1, 2, 3, 4]
     rows = [line.split("\t") for f in stand_in["adience"].glob("fold_frontal_*_data.txt") for line in f.read_text().splitlines()[1:]]
@@ -218,3 +219,9 @@ def test_adience_five_folds_mean_and_std_over_folds(stand_in, tmp_path):
     accuracies = [r["metrics"]["test"]["accuracy"] for r in runs]
     assert row["Accuracy mean"] == pytest.approx(np.mean(accuracies)) and row["Accuracy std"] == pytest.approx(np.std(accuracies, ddof=1))
     assert row["Accuracy"].endswith("(n=5)") and " ± " in row["Accuracy"]
+    # the real 04_compare, executed by the runner on these run folders, averages over the folds
+    assert cli.main(["run", str(study), "--results", str(tmp_path), "--set", "stages=[compare]", "--no-report"]) == 0
+    notebook = json.loads((tmp_path / "adience_folds" / "compare" / "04_compare.ipynb").read_text(encoding="utf-8"))
+    shown = json.dumps([c.get("outputs") for c in notebook["cells"]], ensure_ascii=False)
+    (injected,) = [c for c in notebook["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert row["Accuracy"] in shown and 'aggregate_over = "data.split.test_fold"' in "".join(injected["source"])
