@@ -1,6 +1,7 @@
 """Shared helpers of test_e2e.py and test_studies.py: stand-in data in the real dataset
-layouts, local backbone weights files (ImageNet weights cannot be downloaded here), and
-reading a study's run folders after ``facetransfer run``.
+layouts, local backbone weights files (ImageNet weights cannot be downloaded here), a
+study's runs executed in-process (:func:`run_in_process`), and reading a study's run
+folders after ``facetransfer run``.
 
 Stand-in data is SYNTHETIC: faces drawn by ``facetransfer synth`` in the CelebA (Kaggle CSV)
 and UTKFace layouts, and an Adience layout assembled from the synthetic UTKFace faces. Each
