@@ -507,8 +507,12 @@ def format_text(result: dict) -> str:
     ]
     for c in result["cases"].values():
         f = c["facetransfer"]
+        features = f"features {f['feature_seconds']:.1f} s"
+        if f["used_feature_cache"] and c["ratio"] is not None:
+            epoch = steady_epoch_seconds(c["baseline"]["epoch_seconds"])
+            features += f" (= {f['feature_seconds'] / epoch:.1f} baseline epochs of {epoch:.1f} s)"
         lines.append(
-            f"  {c['label']}: decode {f['decode_seconds']:.1f} s, features {f['feature_seconds']:.1f} s, "
+            f"  {c['label']}: decode {f['decode_seconds']:.1f} s, {features}, "
             f"{'trains on cached features' if f['used_feature_cache'] else 'trains on cached images'}; "
             f"n_train {c['n_train']}, n_val {c['n_val']}"
         )
