@@ -279,9 +279,7 @@ def _check_groups(raw_runs: Any, top_grid: dict) -> list[Group]:
     for i, item in enumerate(raw_runs):
         where = f"runs[{i}]"
         item = _need_mapping(where, item, allow_none=False)
-        for key in item:
-            if key not in GROUP_KEYS:
-                raise ParamError(f"{where}.{key}", f"unknown key; allowed keys here: {', '.join(GROUP_KEYS)}")
+        _reject_unknown_keys(where, item, GROUP_KEYS)
         if "name" not in item:
             raise ParamError(f"{where}.name", "is required (a short label for the group)")
         name = _need_str(f"{where}.name", item["name"])
@@ -301,6 +299,13 @@ def _check_groups(raw_runs: Any, top_grid: dict) -> list[Group]:
     return groups
 
 
+def _reject_unknown_keys(where: str, mapping: dict, allowed) -> None:
+    """ParamError naming the first key of ``mapping`` that is not in ``allowed``."""
+    for key in mapping:
+        if key not in allowed:
+            raise ParamError(f"{where}.{key}", f"unknown key; allowed keys here: {', '.join(allowed)}")
+
+
 def _check_size(groups: list[Group], repeats: int) -> None:
     """At most MAX_RUNS runs: more is a typo in a grid or in repeats, not a study."""
     n = sum(math.prod(len(values) for values in g.grid.values()) for g in groups) * repeats
@@ -318,9 +323,7 @@ def _check_reported(value: Any) -> list[dict]:
     for i, item in enumerate(value):
         where = f"reported[{i}]"
         item = _need_mapping(where, item, allow_none=False)
-        for key in item:
-            if key not in REPORTED_KEYS:
-                raise ParamError(f"{where}.{key}", f"unknown key; allowed keys here: {', '.join(REPORTED_KEYS)}")
+        _reject_unknown_keys(where, item, REPORTED_KEYS)
         match = _need_mapping(f"{where}.match", item.get("match"), allow_none=False)
         for dotted in match:
             if not isinstance(dotted, str) or not P.is_known_key(dotted):
@@ -388,9 +391,7 @@ def load_study(path, overrides: Sequence[str] = (), *, check_paths: bool = True)
     raw = read_yaml(path)
     if not isinstance(raw, Mapping):
         raise FacetransferError(f"{path}: a study file must be a mapping with keys {', '.join(STUDY_KEYS)}")
-    for key in raw:
-        if key not in STUDY_KEYS:
-            raise ParamError(f"study.{key}", f"unknown key; allowed keys here: {', '.join(STUDY_KEYS)}")
+    _reject_unknown_keys("study", raw, STUDY_KEYS)
     run_over, defaults_over, study_over, search_over = _split_overrides(list(overrides))
     raw = {**raw, **study_over}
 
