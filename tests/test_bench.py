@@ -97,3 +97,11 @@ def test_decode_figures_and_text_report(result):
 def test_unknown_case_is_a_one_line_error():
     with pytest.raises(FacetransferError, match=r"'vgg99'.*allowed: vgg16_frozen, vgg16_last_block"):
         bench.run_bench(quick=True, cases=["vgg99"])
+
+
+def test_a_missing_baseline_is_reported_not_a_crash(result):
+    res, _ = result
+    assert bench.baseline_unavailable() is None  # this Keras ships the legacy ImageDataGenerator
+    case = dict(res["cases"]["compact_full"], baseline={"unavailable": "no legacy ImageDataGenerator"}, ratio=None, ratio_cpu=None, target_met=None)
+    text = bench.format_text(dict(res, cases={"compact_full": case}))
+    assert "baseline not run: no legacy ImageDataGenerator" in text
