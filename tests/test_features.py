@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from facetransfer import features, models
+from facetransfer.errors import ParamError
 from facetransfer.params import resolve_run
 
 N, SIZE, BATCH, EPOCHS = 48, 32, 16, 2
@@ -99,4 +100,36 @@ def test_key_changes_with_what_the_features_depend_on(data):
     layer = prefix.get_layer("block2_conv")
     layer.set_weights([w + 1.0 for w in layer.get_weights()])
     assert key != features.feature_key(features.key_parts(cfg, prefix, image_key="imgs-a", rows=rows))
-    assert set(base) >= {"image_cache", "backbone", "weights", "weights_sha1", "cut", "image_size", "rows_sha1"}
+    assert set(base) >= {"image_cache", "backbone", "weights", "weights_sha1", "cut", "image_size", "rows_sha1", "precision"}
+    cfg["train"]["feature_precision"] = "bfloat16"
+    assert key != features.feature_key(features.key_parts(cfg, prefix, image_key="imgs-a", rows=rows))
+
+
+@pytest.mark.parametrize(("backbone", "strategy"), [("compact", "frozen"), ("hassner", "last_block"), ("vgg16", "frozen"), ("mobilenetv2", "last_block")])
+def test_bfloat16_features_stay_close_to_float32_and_leave_the_model_alone(tmp_path, data, backbone, strategy):
+    images, rows, _ = data
+    keras.utils.set_random_seed(2)
+    cfg = resolve_run({"data": {"dataset": "celeba", "synthetic": {"n": 10}, "image_size": SIZE}, "model": {"backbone": backbone, "weights": "none", "strategy": "full"}})
+    cfg["model"]["strategy"] = strategy
+    model = models.build_model(cfg)
+    prefix, _ = models.split_frozen_prefix(model)
+    before = [w.copy() for w in prefix.get_weights()]
+    parts = {}
+    for precision in features.PRECISIONS:
+        cfg["train"]["feature_precision"] = precision
+        parts[precision] = features.key_parts(cfg, prefix, image_key="imgs-test", rows=rows)
+    f32 = features.prefix_features(prefix, images, rows, cache_dir=tmp_path, key_parts=parts["float32"], progress=False)
+    bf16 = features.prefix_features(prefix, images, rows, cache_dir=tmp_path, key_parts=parts["bfloat16"], progress=False)
+    assert bf16.dtype == np.float32 and bf16.shape == f32.shape
+    assert features.cache_files(tmp_path, parts["float32"]) != features.cache_files(tmp_path, parts["bfloat16"])
+    relative = np.linalg.norm(bf16 - f32) / np.linalg.norm(f32)
+    assert 0 < relative < 0.03, relative  # really computed in bfloat16, and close
+    assert all(np.array_equal(a, b) for a, b in zip(before, prefix.get_weights(), strict=True))
+    assert prefix.layers[-1].compute_dtype == "float32"  # the model itself is untouched
+
+
+def test_feature_precision_is_validated():
+    with pytest.raises(ParamError, match="train.feature_precision.*allowed: float32, bfloat16"):
+        features.at_precision(None, "float16")
+    with pytest.raises(ParamError, match="train.feature_precision"):
+        resolve_run({"data": {"dataset": "celeba", "synthetic": {"n": 10}}, "train": {"feature_precision": "half"}})

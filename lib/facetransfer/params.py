@@ -318,6 +318,12 @@ RUN_SCHEMA = Section(
                 "mixed_precision": F("choice", "auto", choices=("auto", "on", "off")),
                 "xla": F("bool", False),
                 "feature_cache": F("bool", True, doc="train on cached frozen-prefix features when possible"),
+                "feature_precision": F(
+                    "choice",
+                    "float32",
+                    choices=("float32", "bfloat16"),
+                    doc="arithmetic of the one-time frozen-prefix extraction; bfloat16 is about 2x faster on CPUs with AVX512-BF16/AMX, features within about 1 % (trained layers stay float32)",
+                ),
             }
         ),
         "eval": Section(

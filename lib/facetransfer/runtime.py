@@ -41,6 +41,18 @@ def configure(seed: int, *, mixed_precision: str = "auto", xla: bool = False) ->
     return {"backend": backend, "devices": found, "mixed_precision": policy, "xla": xla}
 
 
+def native_bfloat16() -> bool:
+    """True on a GPU or a CPU with bfloat16 arithmetic (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo)."""
+    if has_gpu():
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def has_gpu(found: list[str] | None = None) -> bool:
     found = devices() if found is None else found
     return any(d.lower().startswith(("gpu", "cuda")) for d in found)

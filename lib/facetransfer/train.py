@@ -324,7 +324,7 @@ def _feature_inputs(prefix, data, cfg: dict, splits: list[str], weights, results
         feats[split], hit = split_features(prefix, data, cfg, split, results_root)
         computed |= not hit
         what = "loaded from cache (no feature extraction)" if hit else "computed and cached"
-        _say(log, f"features {split} at {prefix.layers[-1].name}: {what}, {tuple(feats[split].shape)} in {time.perf_counter() - start:.1f} s")
+        _say(log, f"features {split} at {prefix.layers[-1].name} ({t['feature_precision']}): {what}, {tuple(feats[split].shape)} in {time.perf_counter() - start:.1f} s")
     train = ArrayFeeder(feats["train"], data.targets("train"), batch_size=t["batch_size"], shuffle=True, seed=cfg["seed"], sample_weight=weights)
     val = ArrayFeeder(feats["val"], data.targets("val"), batch_size=t["batch_size"]) if "val" in feats else None
     return _weighted(train, cfg), val, computed
