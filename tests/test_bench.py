@@ -73,6 +73,24 @@ def test_frozen_case_uses_the_feature_cache_and_reruns_from_caches(result):
     assert _positive(frozen["two_runs_ratio"])
 
 
+def test_frozen_case_also_times_bfloat16_features_from_cold_caches(result):
+    res, _ = result
+    frozen = res["cases"]["vgg16_frozen"]
+    assert frozen["facetransfer"]["precision"] == "float32"
+    bf16 = frozen["bfloat16"]
+    ft = bf16["facetransfer"]
+    assert ft["precision"] == "bfloat16" and ft["used_feature_cache"] is True
+    assert ft["image_cache_hit"] is False and _positive(ft["decode_seconds"])  # its own cold caches
+    assert any("(bfloat16): computed and cached" in line for line in ft["fit_log"])
+    assert bf16["ratio"] == pytest.approx(frozen["baseline"]["seconds"] / ft["seconds"])
+    assert _positive(bf16["ratio_cpu"]) and bf16["target_met"] is None and isinstance(bf16["native_bfloat16"], bool)
+    for side in (frozen["baseline"], frozen["facetransfer"], ft):
+        assert 0.0 <= side["val_accuracy"] <= 1.0
+    assert "bfloat16" not in res["cases"]["compact_full"]  # nothing frozen: no feature cache to vary
+    text = bench.format_text(res)
+    assert "(a) VGG16 frozen bf16" in text and "bf16 features" in text and "validation accuracy" in text
+
+
 def test_full_case_measures_model_only_throughput(result):
     res, _ = result
     full = res["cases"]["compact_full"]

@@ -29,7 +29,11 @@ weights from a local ``.weights.h5`` written here from a seeded random initialis
 internet, so no ImageNet download; the params forbid freezing ``weights: none``; speed does
 not depend on the weight values). For (c) the bench also trains the same model fed from an
 in-memory numpy array ("model only"), so the share of that throughput which facetransfer's
-input pipeline delivers can be read off. Case (a) is followed by a re-run that changes only
+input pipeline delivers can be read off. Cases with a frozen prefix run facetransfer twice,
+each with cold caches: with the default float32 features and with
+``train.feature_precision: bfloat16`` (the one-time extraction in bfloat16 arithmetic, the
+trained layers in float32); each pipeline's final validation accuracy is printed next to
+its time, so the speed is seen not to cost accuracy. Case (a) is followed by a re-run that changes only
 the learning rate and the head's width: it shows the cache-hit lines of ``train.fit`` (no
 decoding, no feature extraction).
 """
@@ -274,7 +278,15 @@ def run_baseline(cfg: dict, records) -> dict:
         callbacks=[recorder],
         verbose=0,
     )
-    return {**clock.read(), "epoch_seconds": [r["seconds"] for r in recorder.rows]}
+    return {**clock.read(), "epoch_seconds": [r["seconds"] for r in recorder.rows], "val_accuracy": final_val_accuracy(recorder.rows)}
+
+
+def final_val_accuracy(rows: list[dict]) -> float | None:
+    """The last epoch's validation accuracy (``val_accuracy`` or ``val_gender_accuracy``)."""
+    if not rows:
+        return None
+    keys = [k for k in rows[-1] if k.startswith("val_") and k.endswith("accuracy")]
+    return float(rows[-1][keys[0]]) if keys else None
 
 
 # ---------------------------------------------------------------- facetransfer
@@ -298,6 +310,8 @@ def run_facetransfer(cfg: dict, results_root: Path, run_dir: Path) -> tuple[dict
         "feature_seconds": result.timings["feature_seconds"],
         "used_feature_cache": result.used_feature_cache,
         "epoch_seconds": result.timings["epoch_seconds"],
+        "val_accuracy": final_val_accuracy(result.history.to_dict("records")),
+        "precision": cfg["train"]["feature_precision"],
         "fit_log": result.log,
     }
     return out, prepared
@@ -367,6 +381,8 @@ def run_case(case: Case, sizes: Sizes, root: Path, weights_file: Path, scratch: 
         "target_applies": sizes.epochs == TARGET_EPOCHS,
     }
     out["target_met"] = bool(ratio >= case.target) if out["target_applies"] and ratio is not None else None
+    if ft["used_feature_cache"]:
+        out["bfloat16"] = bfloat16_variant(case, sizes, root, weights_file, scratch, base, images, say)
     if case.strategy == "full":
         say(f"{case.label}: model only (in-memory numpy array) …")
         only = run_model_only(cfg, prepared)
@@ -378,6 +394,26 @@ def run_case(case: Case, sizes: Sizes, root: Path, weights_file: Path, scratch: 
             # a second run of the study: the baseline has no cache, so it repeats its work
             out["two_runs_ratio"] = 2 * base["seconds"] / (ft["seconds"] + out["rerun"]["seconds"])
     out["decode"] = decode_figures(prepared, sizes)
+    return out
+
+
+def bfloat16_variant(case: Case, sizes: Sizes, root: Path, weights_file: Path, scratch: Path, base: dict, images: int, say) -> dict:
+    """facetransfer again, cold caches, with ``train.feature_precision: bfloat16``; its ratios."""
+    import keras
+
+    from facetransfer import runtime
+
+    cfg = case_params(case, sizes, root, weights_file, **{"train.feature_precision": "bfloat16"})
+    say(f"{case.label}: facetransfer with bfloat16 features (cold image cache, cold feature cache) …")
+    results_root = scratch / f"{case.name}-bfloat16"
+    ft, _ = run_facetransfer(cfg, results_root, results_root / "run")
+    keras.backend.clear_session()
+    ft["images_per_s"] = images / ft["seconds"]
+    out = {"facetransfer": ft, "native_bfloat16": runtime.native_bfloat16(), "ratio": None, "ratio_cpu": None, "target_met": None}
+    if "unavailable" not in base:
+        out["ratio"], out["ratio_cpu"] = base["seconds"] / ft["seconds"], base["cpu_seconds"] / ft["cpu_seconds"]
+        if sizes.epochs == TARGET_EPOCHS:
+            out["target_met"] = bool(out["ratio"] >= case.target)
     return out
 
 
@@ -475,15 +511,32 @@ def _verdict(met, text: str) -> str:
     return f"{text}: {'met' if met else 'MISSED'}"
 
 
-def _case_row(c: dict) -> str:
-    b, f = c["baseline"], c["facetransfer"]
-    if c["ratio"] is None:
-        return f"{c['label']:<24}{'n/a':>10}{'':>7}{f['seconds']:>10.1f}{f['images_per_s']:>7.0f}{'n/a':>8}{'':>8}  baseline not run: {b['unavailable']}"
-    target = _verdict(c["target_met"], ">= " + format(c["target"], "g") + "x")
-    return (
-        f"{c['label']:<24}{b['seconds']:>10.1f}{b['images_per_s']:>7.0f}{f['seconds']:>10.1f}{f['images_per_s']:>7.0f}"
-        f"{c['ratio']:>7.1f}x{c['ratio_cpu']:>7.1f}x  {target}"
-    )
+def _case_rows(c: dict) -> list[str]:
+    """The table rows of one case: facetransfer as configured, then with bfloat16 features."""
+    b = c["baseline"]
+    variants = [(c["label"], c)] + ([(f"{c['label']} bf16", c["bfloat16"])] if "bfloat16" in c else [])
+    rows = []
+    for label, v in variants:
+        f = v["facetransfer"]
+        if v["ratio"] is None:
+            rows.append(f"{label:<28}{'n/a':>10}{'':>7}{f['seconds']:>10.1f}{f['images_per_s']:>7.0f}{'n/a':>8}{'':>8}  baseline not run: {b['unavailable']}")
+            continue
+        target = _verdict(v["target_met"], ">= " + format(c["target"], "g") + "x")
+        rows.append(
+            f"{label:<28}{b['seconds']:>10.1f}{b['images_per_s']:>7.0f}{f['seconds']:>10.1f}{f['images_per_s']:>7.0f}"
+            f"{v['ratio']:>7.1f}x{v['ratio_cpu']:>7.1f}x  {target}"
+        )
+    return rows
+
+
+def _accuracy_line(c: dict) -> str:
+    def fmt(value):
+        return "n/a" if value is None else f"{value:.3f}"
+
+    parts = [f"baseline {fmt(c['baseline'].get('val_accuracy'))}", f"facetransfer {fmt(c['facetransfer']['val_accuracy'])}"]
+    if "bfloat16" in c:
+        parts.append(f"bf16 features {fmt(c['bfloat16']['facetransfer']['val_accuracy'])}")
+    return f"  {c['label']}: " + ", ".join(parts)
 
 
 def format_text(result: dict) -> str:
@@ -496,13 +549,19 @@ def format_text(result: dict) -> str:
         f"data: {s['n']} {result['data']} → {s['image_size']} px; batch {s['batch_size']}; {s['epochs']} epochs",
         f"weights: {result['weights']}",
         "",
-        f"{'':<24}{'baseline':>17}{'facetransfer':>17}{'ratio':>15}",
-        f"{'case':<24}{'wall s':>10}{'img/s':>7}{'wall s':>10}{'img/s':>7}{'wall':>8}{'cpu':>8}  target (wall)",
+        f"{'':<28}{'baseline':>17}{'facetransfer':>17}{'ratio':>15}",
+        f"{'case':<28}{'wall s':>10}{'img/s':>7}{'wall s':>10}{'img/s':>7}{'wall':>8}{'cpu':>8}  target (wall)",
     ]
-    lines += [_case_row(c) for c in result["cases"].values()]
+    lines += [row for c in result["cases"].values() for row in _case_rows(c)]
     lines += [
         "",
         "img/s = (train + val images) x epochs / wall seconds; cpu = CPU-seconds ratio (steadier on a shared machine).",
+        "bf16 = the same facetransfer run with train.feature_precision: bfloat16 (one-time extraction in bfloat16, trained layers float32)"
+        + ("" if all(c.get("bfloat16", {}).get("native_bfloat16", True) for c in result["cases"].values()) else "; NO native bfloat16 on this machine"),
+        f"validation accuracy after {s['epochs']} epochs (same model, seed and split; SYNTHETIC faces, random-init weights):",
+    ]
+    lines += [_accuracy_line(c) for c in result["cases"].values()]
+    lines += [
         "facetransfer's time includes loading the labels, the one-time decode and the one-time feature extraction:",
     ]
     for c in result["cases"].values():
@@ -511,6 +570,8 @@ def format_text(result: dict) -> str:
         if f["used_feature_cache"] and c["ratio"] is not None:
             epoch = steady_epoch_seconds(c["baseline"]["epoch_seconds"])
             features += f" (= {f['feature_seconds'] / epoch:.1f} baseline epochs of {epoch:.1f} s)"
+        if "bfloat16" in c:
+            features += f"; bf16 features {c['bfloat16']['facetransfer']['feature_seconds']:.1f} s"
         lines.append(
             f"  {c['label']}: decode {f['decode_seconds']:.1f} s, {features}, "
             f"{'trains on cached features' if f['used_feature_cache'] else 'trains on cached images'}; "
