@@ -240,6 +240,15 @@ def test_runtime_configure_and_devices():
         keras.config.set_dtype_policy("float32")
 
 
+def test_xla_flag_per_backend(monkeypatch):
+    assert runtime.jit_compile(True) is True
+    assert runtime.configure(0, xla=False)["xla"] is (keras.backend.backend() == "jax")
+    monkeypatch.setattr(keras.backend, "backend", lambda: "tensorflow")
+    assert runtime.jit_compile(False) is False  # TensorFlow: a graph without XLA
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    assert runtime.jit_compile(False) == "auto"  # JAX: jax.jit, not one op at a time
+
+
 def test_efficientnet_imagenet_file_and_run_compute_the_same(tmp_path, monkeypatch):
     """keras.applications adds a per-channel rescaling to EfficientNet for "imagenet" only;
     the same weights given as a .h5 file or copied from such a run must compute the same."""

@@ -111,8 +111,10 @@ def test_model_outputs_must_match_task():
 
 def test_early_stopping_restores_best_weights(tmp_path):
     es = {"monitor": "val_loss", "patience": 2, "restore_best_weights": True}
-    cfg = tiny_cfg("gender", epochs=20, optimizer="sgd", learning_rate=8.0, momentum=0.9, early_stopping=es)
+    cfg = tiny_cfg("gender", epochs=20, optimizer="sgd", learning_rate=0.5, momentum=0.9, early_stopping=es)
     data = tiny_data(cfg)
+    val_rows = data.records["split"] == "val"  # val labels contradict train: val_loss rises as train fits (any backend)
+    data.records.loc[val_rows, "gender"] = 1 - data.records.loc[val_rows, "gender"]
     model = tiny_model("gender")
     result = train.fit(model, data, cfg, tmp_path / "run", results_root=tmp_path, verbose=0)
     val = result.history["val_loss"].to_numpy()
@@ -125,10 +127,10 @@ def test_early_stopping_restores_best_weights(tmp_path):
 
 def test_reduce_lr_logged(tmp_path):
     rl = {"monitor": "loss", "factor": 0.5, "patience": 0, "min_lr": 0.0}
-    cfg = tiny_cfg("gender", epochs=3, optimizer="sgd", learning_rate=8.0, reduce_lr=rl)
+    cfg = tiny_cfg("gender", epochs=3, optimizer="sgd", learning_rate=1e-9, reduce_lr=rl)  # the loss plateaus on any backend
     result = train.fit(tiny_model("gender"), tiny_data(cfg), cfg, tmp_path / "run", results_root=tmp_path, verbose=0)
     lr = result.history["lr"].to_numpy()
-    assert lr[0] == pytest.approx(8.0) and lr.min() < 8.0
+    assert lr[0] == pytest.approx(1e-9) and lr.min() < 1e-9
 
 
 def test_monitor_must_be_logged(tmp_path):

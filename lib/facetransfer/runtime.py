@@ -20,7 +20,8 @@ MIXED_PRECISION = ("auto", "on", "off")
 def configure(seed: int, *, mixed_precision: str = "auto", xla: bool = False) -> dict:
     """Seed Python, NumPy and the backend; make TensorFlow ops deterministic; set the dtype
     policy. Call before building a model. Returns ``{backend, devices, mixed_precision, xla}``
-    where ``mixed_precision`` is the policy set (``mixed_float16`` or ``float32``).
+    where ``mixed_precision`` is the policy set (``mixed_float16`` or ``float32``) and ``xla``
+    whether training is XLA-compiled (always under JAX; see :func:`jit_compile`).
 
     ``mixed_precision``: ``auto`` = on when a GPU is present, ``on``, ``off``.
     """
@@ -38,7 +39,19 @@ def configure(seed: int, *, mixed_precision: str = "auto", xla: bool = False) ->
     use_mixed = mixed_precision == "on" or (mixed_precision == "auto" and has_gpu(found))
     policy = "mixed_float16" if use_mixed else "float32"
     keras.config.set_dtype_policy(policy)
-    return {"backend": backend, "devices": found, "mixed_precision": policy, "xla": xla}
+    return {"backend": backend, "devices": found, "mixed_precision": policy, "xla": xla or backend == "jax"}
+
+
+def jit_compile(xla: bool):
+    """``model.compile(jit_compile=...)`` for ``train.xla``.
+
+    ``xla: true`` compiles with XLA on every backend. ``false`` keeps TensorFlow's graph
+    without XLA, but gives JAX Keras' ``"auto"``: JAX always runs through XLA, and without
+    ``jax.jit`` every op would be dispatched (and compiled) one at a time.
+    """
+    if xla:
+        return True
+    return "auto" if keras.backend.backend() == "jax" else False
 
 
 def native_bfloat16() -> bool:

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import pandas as pd
 
+from facetransfer import runtime
 from facetransfer.errors import FacetransferError, ParamError
 
 LOSSES = {
@@ -69,7 +70,7 @@ def compile_model(model: keras.Model, cfg: dict, learning_rate: float) -> None:
         loss={n: LOSSES[n] for n in names},
         metrics={n: METRICS[n] for n in names},
         loss_weights=loss_weights,
-        jit_compile=bool(cfg["train"]["xla"]),
+        jit_compile=runtime.jit_compile(bool(cfg["train"]["xla"])),
     )
 
 
@@ -353,7 +354,7 @@ def fit(model: keras.Model, data, cfg: dict, run_dir, *, results_root, verbose="
     init_age_output(model, data.targets("train"), log)
     weights = sample_weights(cfg, data.targets("train"))
     cache = data.cache
-    _say(log, f"{env['backend']} on {', '.join(env['devices'])}, dtype policy {env['mixed_precision']}, xla {'on' if t['xla'] else 'off'}")
+    _say(log, f"{env['backend']} on {', '.join(env['devices'])}, dtype policy {env['mixed_precision']}, xla {'on' if env['xla'] else 'off'}")
     decoded = "hit: no decoding" if cache.hit else f"built: decoded {len(cache.paths)} images"
     _say(log, f"image cache {decoded} ({cache.seconds:.1f} s, key {cache.key})")
 
