@@ -22,6 +22,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from facetransfer import cli, runner
 from facetransfer import study as S
+from facetransfer.io import host_tag
 
 PNG_1PX = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 
@@ -360,3 +361,19 @@ def test_resume_skips_complete_work_and_reruns_only_what_is_missing(executed, ca
     assert f"runs/{a.run_id}/03_finetune.ipynb" in changed and f"runs/{a.run_id}/metrics.json" in changed
     assert not any(k.startswith(f"runs/{b.run_id}/") or k.startswith("explore/") for k in changed)
     assert "compare/04_compare.ipynb" in changed  # its input (a's metrics) changed
+
+
+def test_a_run_removes_temporary_files_of_killed_writers(tmp_path, notebooks, capsys):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    host = host_tag()
+    results = tmp_path / "results"
+    orphans = [results / "_cache" / "features" / f".k.npy.pid{dead.stdout.strip()}@{host}.a1.tmp.npy", results / "tiny" / "runs" / "r1" / f".model.keras.pid{dead.stdout.strip()}@{host}.b2.tmp.keras"]
+    for path in orphans:
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"0" * 2**20)
+    code = runner.run_study(write_study(tmp_path, study_body(stages=["explore"])), results=results, notebooks=notebooks, report=False)
+    out = capsys.readouterr().out
+    assert code == 0
+    assert not any(p.exists() for p in orphans)
+    assert f"removed 1 temporary file(s) left by killed processes under {results.resolve() / '_cache'} (1.0 MiB)" in out
+    assert f"removed 1 temporary file(s) left by killed processes under {results.resolve() / 'tiny'} (1.0 MiB)" in out

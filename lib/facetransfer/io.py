@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import tempfile
 import time
@@ -37,17 +38,49 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def host_tag() -> str:
+    """This host's name as it appears in temporary file names (no dots, no slashes)."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"
+
+
+_TEMP_NAME = re.compile(r"^\..+\.pid(?P<pid>\d+)@(?P<host>[A-Za-z0-9-]+)\.[^.]+\.tmp")
+
+
+def remove_orphan_temps(folder) -> list[tuple[Path, int]]:
+    """Delete the temporary files under ``folder`` whose writer is dead; ``[(path, bytes)]``.
+
+    Only names written by :func:`atomic_path` on THIS host whose process no longer exists
+    are removed (a kill during a write leaves them); files of live processes, of other
+    hosts and any other file are kept.
+    """
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    host = host_tag()
+    for path in folder.rglob(".*.tmp*"):
+        match = _TEMP_NAME.match(path.name)
+        if not match or match["host"] != host or pid_alive(int(match["pid"])) or not path.is_file():
+            continue
+        size = path.stat().st_size
+        path.unlink(missing_ok=True)
+        removed.append((path, size))
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``.
 
     On an exception the temporary file is removed and ``path`` is left as it was.
     ``suffix`` keeps an extension on the temporary name for writers that need one
-    (e.g. ``.keras``).
+    (e.g. ``.keras``). The name carries the writer (``.<name>.pid<pid>@<host>.<random>.tmp``)
+    so that :func:`remove_orphan_temps` can tell a killed writer's leftover from work in
+    progress.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.pid{os.getpid()}@{host_tag()}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:

@@ -46,7 +46,13 @@ from pathlib import Path
 from typing import Any
 
 from facetransfer.errors import FacetransferError
-from facetransfer.io import DamagedFileError, StudyLock, atomic_write_json, read_json
+from facetransfer.io import (
+    DamagedFileError,
+    StudyLock,
+    atomic_write_json,
+    read_json,
+    remove_orphan_temps,
+)
 from facetransfer.study import NOTEBOOKS, Run, Study, dependencies, execution_order, load_study
 
 KERNEL = "facetransfer"
@@ -523,6 +529,15 @@ def _dry_run(study: Study, study_dir: Path, results_root: Path, notebooks: Path)
     return 0
 
 
+def _remove_orphan_temps(*folders: Path) -> None:
+    """Delete temporary files of killed writers (this host, dead pid) and say so."""
+    for folder in folders:
+        removed = remove_orphan_temps(folder)
+        if removed:
+            mib = sum(size for _, size in removed) / 2**20
+            print(f"removed {len(removed)} temporary file(s) left by killed processes under {folder} ({mib:.1f} MiB)", flush=True)
+
+
 def run_study(
     study,
     *,
@@ -548,6 +563,7 @@ def run_study(
     _check_notebooks(st, nb_dir)
     _check_kernel(kernel_name)
     with StudyLock(study_dir / ".lock"):
+        _remove_orphan_temps(results_root / "_cache", study_dir)
         runner = _Runner(st, study_dir, results_root, nb_dir, kernel_name, force)
         ok = runner.execute()
         print(runner.summary(), flush=True)
