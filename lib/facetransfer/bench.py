@@ -536,7 +536,7 @@ def _accuracy_line(c: dict) -> str:
     parts = [f"baseline {fmt(c['baseline'].get('val_accuracy'))}", f"facetransfer {fmt(c['facetransfer']['val_accuracy'])}"]
     if "bfloat16" in c:
         parts.append(f"bf16 features {fmt(c['bfloat16']['facetransfer']['val_accuracy'])}")
-    return f"  {c['label']}: " + ", ".join(parts)
+    return f"  {c['label']} ({c['n_val']} val images): " + ", ".join(parts)
 
 
 def format_text(result: dict) -> str:
@@ -558,7 +558,8 @@ def format_text(result: dict) -> str:
         "img/s = (train + val images) x epochs / wall seconds; cpu = CPU-seconds ratio (steadier on a shared machine).",
         "bf16 = the same facetransfer run with train.feature_precision: bfloat16 (one-time extraction in bfloat16, trained layers float32)"
         + ("" if all(c.get("bfloat16", {}).get("native_bfloat16", True) for c in result["cases"].values()) else "; NO native bfloat16 on this machine"),
-        f"validation accuracy after {s['epochs']} epochs (same model, seed and split; SYNTHETIC faces, random-init weights):",
+        f"validation accuracy after {s['epochs']} epochs (same model, seed and split; SYNTHETIC faces, random-init weights;"
+        " the baseline squashes each JPEG to a square, facetransfer crops its centre):",
     ]
     lines += [_accuracy_line(c) for c in result["cases"].values()]
     lines += [
