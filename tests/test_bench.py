@@ -96,8 +96,21 @@ def test_full_case_measures_model_only_throughput(result):
     full = res["cases"]["compact_full"]
     assert full["facetransfer"]["used_feature_cache"] is False
     assert _positive(full["model_only"]["images_per_s"]) and _positive(full["pipeline"]["images_per_s"])
-    assert full["pipeline_fraction"] == pytest.approx(full["model_only"]["steady_epoch_seconds"] / full["pipeline"]["steady_epoch_seconds"])
+    pipe, only = full["pipeline"]["epoch_seconds"], full["model_only"]["epoch_seconds"]
+    assert len(pipe) == len(only) == 1 and all(map(_positive, pipe + only))  # one alternating pair per epoch
+    assert full["pipeline_fraction"] == pytest.approx(only[0] / pipe[0])
+    assert full["pipeline"]["images_per_s"] == pytest.approx(full["n_train"] / pipe[0])
     assert "rerun" not in full
+
+
+def test_pipeline_fraction_pairs_epochs_of_the_same_number():
+    seconds = {"pipeline": [9.0, 6.0, 10.0, 6.0, 10.0], "model_only": [9.0, 5.4, 10.0, 6.6, 11.0]}  # conditions shift together
+    figures = bench.pipeline_figures(seconds, images_per_epoch=100)
+    assert figures["pipeline_fraction"] == pytest.approx(1.05)  # median of 0.9, 1.0, 1.1, 1.1
+    assert figures["pipeline"]["steady_epoch_seconds"] == pytest.approx(8.0) and figures["model_only"]["images_per_s"] == pytest.approx(100 / 8.3)  # medians of epochs 2..
+    assert figures["pipeline_target_met"] is True
+    slow = bench.pipeline_figures({"pipeline": [9.0, 10.0, 10.0], "model_only": [9.0, 8.0, 8.0]}, images_per_epoch=100)
+    assert slow["pipeline_fraction"] == pytest.approx(0.8) and slow["pipeline_target_met"] is False
 
 
 def test_decode_figures_and_text_report(result):
