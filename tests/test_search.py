@@ -115,3 +115,23 @@ def test_trials_score_on_the_validation_split_only():
     assert 'evaluate_split(model, data, cfg, "val")' in source
     assert '"test"' not in source
     assert all(name.startswith("val.") for name in search.METRICS)
+
+
+def test_a_trial_scores_the_same_whatever_ran_before(tmp_path):
+    """Same params, same numbers: a trial's score does not depend on the RNG state that earlier
+    trials (or a resumed search's cached ones) left behind."""
+    import keras
+    import numpy as np
+
+    from facetransfer.params import resolve_run
+
+    cfg = resolve_run({**BASE, "data": {**BASE["data"], "synthetic": {"n": 120, "size": 64}}, "train": {"epochs": 2, "batch_size": 8}})
+    scores = []
+    for burn in (0, 7):
+        keras.utils.set_random_seed(burn)
+        np.random.random(burn)
+        keras.random.uniform((burn + 1,))  # advance the global generators by different amounts
+        trials = search._Trials(tmp_path / f"search-{burn}", tmp_path / "results", "val.accuracy", verbose=0)
+        result = trials._train(cfg)
+        scores.append((result["score"], result["val_loss"], result["val"]["confusion_matrix"]))
+    assert scores[0] == scores[1]

@@ -199,6 +199,7 @@ class _Trials:
             self._data[key] = D.prepare(cfg, self.results_root)
         data = self._data[key]
         start = time.perf_counter()
+        train.configure(cfg)  # seed first: the initial weights must not depend on the trials before
         model = models.build_model(cfg, results_root=self.results_root)
         trial_dir = self.out_dir / "trials" / P.run_id(cfg)
         result = train.fit(model, data, cfg, trial_dir, results_root=self.results_root, verbose=self.verbose)
