@@ -377,10 +377,9 @@ def run_case(case: Case, sizes: Sizes, root: Path, weights_file: Path, scratch: 
         base = run_baseline(cfg, prepared.records)
         base["images_per_s"] = images / base["seconds"]
         keras.backend.clear_session()
-        ratio, ratio_cpu = base["seconds"] / ft["seconds"], base["cpu_seconds"] / ft["cpu_seconds"]
     else:
         say(f"{case.label}: NO seed-style baseline: {missing}")
-        base, ratio, ratio_cpu = {"unavailable": missing}, None, None
+        base = {"unavailable": missing}
     out = {
         "label": case.label,
         "backbone": case.backbone,
@@ -391,13 +390,11 @@ def run_case(case: Case, sizes: Sizes, root: Path, weights_file: Path, scratch: 
         "epochs": sizes.epochs,
         "baseline": base,
         "facetransfer": ft,
-        "ratio": ratio,
-        "ratio_cpu": ratio_cpu,
+        **ratios(base, ft, case, sizes),
         "target": case.target,
         "target_epochs": TARGET_EPOCHS,
         "target_applies": sizes.epochs == TARGET_EPOCHS,
     }
-    out["target_met"] = bool(ratio >= case.target) if out["target_applies"] and ratio is not None else None
     if ft["used_feature_cache"]:
         out["bfloat16"] = bfloat16_variant(case, sizes, root, weights_file, scratch, base, images, say)
     if case.strategy == "full":
@@ -407,7 +404,7 @@ def run_case(case: Case, sizes: Sizes, root: Path, weights_file: Path, scratch: 
         out.update(pipeline_figures(seconds, n_train))
     if case.strategy == "frozen":
         out["rerun"] = rerun(case, sizes, root, weights_file, results_root, say)
-        if ratio is not None:
+        if out["ratio"] is not None:
             # a second run of the study: the baseline has no cache, so it repeats its work
             out["two_runs_ratio"] = 2 * base["seconds"] / (ft["seconds"] + out["rerun"]["seconds"])
     out["decode"] = decode_figures(prepared, sizes)
@@ -426,12 +423,17 @@ def bfloat16_variant(case: Case, sizes: Sizes, root: Path, weights_file: Path, s
     ft, _ = run_facetransfer(cfg, results_root, results_root / "run")
     keras.backend.clear_session()
     ft["images_per_s"] = images / ft["seconds"]
-    out = {"facetransfer": ft, "native_bfloat16": runtime.native_bfloat16(), "ratio": None, "ratio_cpu": None, "target_met": None}
-    if "unavailable" not in base:
-        out["ratio"], out["ratio_cpu"] = base["seconds"] / ft["seconds"], base["cpu_seconds"] / ft["cpu_seconds"]
-        if sizes.epochs == TARGET_EPOCHS:
-            out["target_met"] = bool(out["ratio"] >= case.target)
-    return out
+    return {"facetransfer": ft, "native_bfloat16": runtime.native_bfloat16(), **ratios(base, ft, case, sizes)}
+
+
+def ratios(base: dict, ft: dict, case: Case, sizes: Sizes) -> dict:
+    """``{ratio, ratio_cpu, target_met}`` of a facetransfer run against the baseline: None
+    without a baseline; ``target_met`` None unless the run has the target's epochs."""
+    if "unavailable" in base:
+        return {"ratio": None, "ratio_cpu": None, "target_met": None}
+    ratio = base["seconds"] / ft["seconds"]
+    met = bool(ratio >= case.target) if sizes.epochs == TARGET_EPOCHS else None
+    return {"ratio": ratio, "ratio_cpu": base["cpu_seconds"] / ft["cpu_seconds"], "target_met": met}
 
 
 def pipeline_figures(seconds: dict, images_per_epoch: int) -> dict:

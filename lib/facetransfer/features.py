@@ -46,7 +46,7 @@ from facetransfer.errors import ParamError
 from facetransfer.io import DamagedFileError, atomic_path, atomic_write_json, read_json
 
 FORMAT = 1
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = P.FEATURE_PRECISIONS
 log = logging.getLogger(__name__)
 
 

@@ -43,6 +43,7 @@ ACTIVATIONS = ("relu", "elu", "gelu", "swish", "tanh")
 POOLINGS = ("flatten", "gap")
 SPLIT_SOURCES = ("random", "dataset", "folds")
 CROPS = ("center", "pad")
+FEATURE_PRECISIONS = ("float32", "bfloat16")  # train.feature_precision (features.at_precision)
 
 # Which datasets carry which labels (folder: whatever columns its spec names).
 TASK_DATASETS = {
@@ -321,7 +322,7 @@ RUN_SCHEMA = Section(
                 "feature_precision": F(
                     "choice",
                     "float32",
-                    choices=("float32", "bfloat16"),
+                    choices=FEATURE_PRECISIONS,
                     doc="arithmetic of the one-time frozen-prefix extraction; bfloat16 is about 2x faster on CPUs with AVX512-BF16/AMX, features within about 1 % (trained layers stay float32)",
                 ),
             }

@@ -283,8 +283,6 @@ def init_age_output(model: keras.Model, targets: dict, log: list[str]) -> None:
 
 def configure(cfg: dict) -> dict:
     """Seed, determinism and dtype policy for ``cfg`` (:func:`facetransfer.runtime.configure`)."""
-    from facetransfer import runtime
-
     t = cfg["train"]
     return runtime.configure(cfg["seed"], mixed_precision=t["mixed_precision"], xla=t["xla"])
 
