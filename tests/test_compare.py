@@ -8,7 +8,7 @@ import pytest
 from scipy import stats as sps
 from sklearn import metrics as skm
 
-from facetransfer import compare, stats
+from facetransfer import compare, metrics, stats
 from facetransfer.errors import FacetransferError
 from facetransfer.io import atomic_write_csv, atomic_write_json
 from facetransfer.params import deep_merge, resolve_run, run_id
@@ -37,6 +37,7 @@ def write_run(study_dir, params, *, y_true=None, prob=None, extra=None, status="
             "accuracy": skm.accuracy_score(y_true, y_pred),
             "f1_macro": skm.f1_score(y_true, y_pred, average="macro"),
             "confusion_matrix": skm.confusion_matrix(y_true, y_pred, labels=[0, 1]).tolist(),
+            "degenerate": bool(len(np.unique(y_pred)) < 2),  # as metrics.degenerate flags a one-class predictor
         }
     metrics["test"] = test_metrics
     if predictions:
@@ -136,17 +137,47 @@ def test_reported_vs_reproduced(study):
     table = compare.reported_vs_reproduced(runs)
     assert len(table) == 3
     first, second, third = (table.iloc[i] for i in range(3))
-    assert first["run_id"] == study["ids"]["A"] and first["inside_ci"] is True
-    assert first["reproduced"] == pytest.approx(study["acc_a"])
-    assert first["difference"] == pytest.approx(study["acc_a"] - first["reported"])
-    assert second["inside_ci"] is False and second["reproduced"] < 0.7
-    assert third["CI"] == "no matching ok run" and math.isnan(third["reproduced"])
+    assert first["run_id"] == study["ids"]["A"] and first["verdict"] == "consistent"
+    assert first["ours"] == pytest.approx(study["acc_a"])
+    assert first["difference"] == pytest.approx(study["acc_a"] - first["published"])
+    assert first["published n"] == "unknown" and "published n unknown" in first["note"]
+    assert second["verdict"] == "lower" and second["ours"] < 0.7
+    assert third["verdict"] == "no matching ok run" and math.isnan(third["ours"])
     by_name = compare.reported_vs_reproduced(runs, [{"match": {"name": "frozen"}, "metrics": {"test.f1_macro": 0.5}}])
-    assert by_name["run_id"].tolist() == [study["ids"]["A"]] and by_name["inside_ci"].tolist() == [False]
+    assert by_name["run_id"].tolist() == [study["ids"]["A"]] and by_name["verdict"].tolist() == ["higher"]
     with pytest.raises(FacetransferError, match="93.97"):
         compare.reported_vs_reproduced(runs, [{"match": {"seed": 0}, "metrics": {"test.accuracy": 93.97}}])
     with pytest.raises(FacetransferError, match="model.bakbone"):
         compare.reported_vs_reproduced(runs, [{"match": {"model.bakbone": "vgg16"}, "metrics": {"test.accuracy": 0.9}}])
+
+
+def test_reported_interval_includes_the_published_sampling_error(study):
+    """Published 0.90 on 100 images vs ours: the interval widens by the published SE
+    sqrt(p(1-p)/n) (normal approximation), so a figure outside our own interval can be
+    consistent."""
+    runs = compare.load_runs(study["dir"])
+    table = compare.comparison_table(runs[runs["status"] == "ok"])
+    a = row(table, study["ids"]["A"])
+    published = round(a["acc_hi"] + 0.01, 3)
+    entry = {"match": {"model.strategy": "frozen"}, "metrics": {"test.accuracy": published}}
+    unknown = compare.reported_vs_reproduced(runs, [entry], table=table).iloc[0]
+    known = compare.reported_vs_reproduced(runs, [{**entry, "n_test": 100}], table=table).iloc[0]
+    assert unknown["verdict"] == "lower" and known["verdict"] == "consistent" and known["published n"] == "100"
+    z = sps.norm.ppf(0.975)
+    se = math.hypot((a["acc_hi"] - a["acc_lo"]) / (2 * z), math.sqrt(published * (1 - published) / 100))
+    lo = float(known["difference CI"].strip("[]").split(",")[0])
+    assert lo == pytest.approx(a["accuracy"] - published - z * se, abs=1e-4)
+
+
+def test_one_matching_rule_for_the_report_and_compare(study):
+    """``{name: group}`` selects the runs of that study group, in 04_compare and the report alike."""
+    from facetransfer import report
+
+    runs = compare.load_runs(study["dir"])
+    picked = compare.match_reported(runs, {"name": "frozen"})
+    assert runs.loc[picked, "run_id"].tolist() == [study["ids"]["A"]]
+    html = report._reported_section(study["dir"], [{"match": {"name": "frozen"}, "metrics": {"test.accuracy": 0.5}, "source": "x"}])
+    assert "frozen" in html and "higher" in html and "nan" not in html.lower()
 
 
 def test_pairwise_mcnemar(study):
@@ -176,16 +207,18 @@ def test_calibration_and_subgroups(study):
     y, prob, extra = study["y"], study["prob_a"], study["extra"]
     cal = compare.calibration_table(run_a, n_bins=5)
     assert cal["count"].sum() == N_TEST
-    assert cal.attrs["ece"] == pytest.approx(stats.expected_calibration_error(y, prob, 5))
+    assert cal.attrs["ece"] == pytest.approx(metrics.expected_calibration_error(y, prob, 5))
+    assert cal.attrs["ece_lo"] <= cal.attrs["ece"] <= cal.attrs["ece_hi"] and cal.attrs["unit"] == "per image: no identities"
     sub = compare.subgroup_table(run_a, "race")
     frame = pd.DataFrame({"race": extra["race"], "ok": (prob >= 0.5).astype(int) == y})
     expected = frame.groupby("race")["ok"].mean()
     assert dict(zip(sub["group"], sub["accuracy"], strict=True)) == pytest.approx(expected.to_dict())
-    assert sub.attrs["gap"]["accuracy"] == pytest.approx(expected.max() - expected.min())
+    gap = sub.attrs["gaps"].set_index("metric").loc["accuracy"]
+    assert gap["gap"] == pytest.approx(expected.max() - expected.min()) and gap["lo"] < gap["gap"] < gap["hi"]
     bands = compare.subgroup_table(study["dir"] / "runs" / study["ids"]["A"], "age_band")
     assert bands["n"].sum() == N_TEST and set(bands["group"]) <= {"0-19", "20-29", "30-39", "40-49", "50-59", "60+"}
     gaps = compare.subgroup_gaps(runs)  # default: each run's eval.subgroups (A: race; B: none)
-    assert gaps["run_id"].tolist() == [study["ids"]["A"]] and gaps.iloc[0]["gap accuracy"] == pytest.approx(sub.attrs["gap"]["accuracy"])
+    assert set(gaps["run_id"]) == {study["ids"]["A"]} and gaps.set_index("metric").loc["accuracy", "gap"] == pytest.approx(gap["gap"])
     with pytest.raises(FacetransferError, match="'glasses'"):
         compare.subgroup_table(run_a, "glasses")
 
@@ -193,7 +226,7 @@ def test_calibration_and_subgroups(study):
 def test_run_without_predictions_uses_confusion_matrix(tmp_path):
     study_dir = tmp_path / "s"
     cm = [[80, 20], [10, 90]]
-    rid = write_run(study_dir, make_params(), predictions=False, test_metrics={"accuracy": 0.85, "f1_macro": 0.849, "confusion_matrix": cm})
+    rid = write_run(study_dir, make_params(), predictions=False, test_metrics={"accuracy": 0.85, "f1_macro": 0.849, "recall_macro": 0.85, "confusion_matrix": cm})
     table = compare.comparison_table(compare.load_runs(study_dir))
     r = row(table, rid)
     assert r["accuracy"] == pytest.approx(170 / 200) and (r["acc_lo"], r["acc_hi"]) == pytest.approx(stats.wilson_ci(170, 200))
@@ -276,4 +309,4 @@ def test_age_group_run_multiclass_calibration(tmp_path):
     assert r["recall"] == pytest.approx(skm.recall_score(y, prob.argmax(1), average="macro"))
     assert math.isnan(r["auc"])
     cal = compare.calibration_table(row(runs, rid))
-    assert cal.attrs["ece"] == pytest.approx(stats.expected_calibration_error(y, prob))
+    assert cal.attrs["ece"] == pytest.approx(metrics.expected_calibration_error(y, prob))

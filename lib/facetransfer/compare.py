@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from facetransfer import stats
+from facetransfer import metrics, stats
 from facetransfer.errors import FacetransferError
 from facetransfer.params import flatten, is_known_key
 
@@ -202,48 +202,46 @@ def prediction_columns(pred: pd.DataFrame, task: str) -> dict:
 
 
 # ---------------------------------------------------------------- the comparison table
+def test_unit(pred: pd.DataFrame, requested: str = "auto") -> stats.Unit:
+    """The resampling unit of a run's test predictions (:func:`facetransfer.stats.unit`
+    on its ``subject`` column; none: the dataset has no identities)."""
+    subject = pred["subject"] if "subject" in pred.columns else None
+    return stats.unit(subject, len(pred), requested=requested)
+
+
 def _bootstrap_note(name: str, ci: stats.BootstrapCI) -> str | None:
     if ci.n_boot and ci.n_used < ci.n_boot:
         return f"{name} CI from {ci.n_used}/{ci.n_boot} resamples (others undefined)"
     return None
 
 
-def _metrics_from_predictions(pred: pd.DataFrame, task: str, n_boot: int, conf: float, seed: int) -> dict:
+def _metrics_from_predictions(pred: pd.DataFrame, task: str, unit: stats.Unit, n_boot: int, conf: float, seed: int) -> dict:
     cols = prediction_columns(pred, task)
-    out, notes = {"n_test": len(pred)}, []
+    out, notes = {"n_test": len(pred), "unit": unit.text}, [unit.note]
+    kw = {"unit": unit, "n_boot": n_boot, "conf": conf, "seed": seed}
     if cols["kind"] is not None:
         y_true = pred[cols["y_true"]].to_numpy()
         y_pred = pred[cols["y_pred"]].to_numpy()
-        # the classes present in the test set's truth or predictions (as metrics.json),
-        # fixed for every resample: a resample missing one of them is skipped
-        labels = np.union1d(y_true, y_pred).tolist()
-        k = int(np.sum(y_true == y_pred))
-        out["accuracy"] = k / len(pred)
-        out["acc_lo"], out["acc_hi"] = stats.wilson_ci(k, len(pred), conf)
-        out["precision"], out["recall"] = stats.macro_precision_recall(y_true, y_pred, labels, zero_division=0.0)
-        f1 = stats.bootstrap_ci(lambda t, p: stats.f1_macro(t, p, labels), y_true, y_pred, n_boot=n_boot, conf=conf, seed=seed)
+        acc = stats.proportion(y_true == y_pred, unit, n_boot=n_boot, conf=conf, seed=seed)
+        out["accuracy"], out["acc_lo"], out["acc_hi"] = acc
+        out["precision"], out["recall"] = metrics.macro_precision_recall(y_true, y_pred)
+        f1 = stats.bootstrap(metrics.f1_macro, y_true, y_pred, **kw)
         out["f1"], out["f1_lo"], out["f1_hi"] = f1
         notes.append(_bootstrap_note("F1", f1))
         if cols["prob"] is not None:
             prob = pred[cols["prob"]].to_numpy(dtype=float)
-            auc = stats.bootstrap_ci(stats.roc_auc, y_true, prob, n_boot=n_boot, conf=conf, seed=seed)
+            auc = stats.bootstrap(metrics.roc_auc, y_true, prob, **kw)
             out["auc"], out["auc_lo"], out["auc_hi"] = auc
             notes.append(_bootstrap_note("AUC", auc))
-        out["degenerate"] = bool(len(np.unique(y_pred)) < 2)
     if cols["age_true"] is not None:
-        age_true = pred[cols["age_true"]].to_numpy(dtype=float)
-        age_pred = pred[cols["age_pred"]].to_numpy(dtype=float)
-        err = stats.bootstrap_ci(stats.mae, age_true, age_pred, n_boot=n_boot, conf=conf, seed=seed)
-        out["mae"], out["mae_lo"], out["mae_hi"] = err
-        notes.append(_bootstrap_note("MAE", err))
-        collapsed = bool(np.ptp(age_pred) < 1.0) if len(age_pred) else False
-        out["degenerate"] = out.get("degenerate", False) or collapsed
+        error = (pred[cols["age_true"]] - pred[cols["age_pred"]]).abs().to_numpy(dtype=float)
+        out["mae"], out["mae_lo"], out["mae_hi"] = stats.bootstrap(None, error, **kw)
     out["note"] = "; ".join(n for n in notes if n)
     return out
 
 
 def _metrics_from_json(row: pd.Series, conf: float) -> dict:
-    out, notes = {}, ["no predictions.csv: no bootstrap CIs"]
+    out, notes = {"unit": "per image (no predictions.csv)"}, ["no predictions.csv: no bootstrap CIs"]
     cm = row.get("test.confusion_matrix")
     if isinstance(cm, tuple) and len(cm):
         cm = np.asarray(cm, dtype=np.int64)
@@ -252,13 +250,8 @@ def _metrics_from_json(row: pd.Series, conf: float) -> dict:
         if n:
             out["accuracy"] = k / n
             out["acc_lo"], out["acc_hi"] = stats.wilson_ci(k, n, conf)
-        present = (cm.sum(axis=0) + cm.sum(axis=1)) > 0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            precision = np.where(cm.sum(axis=0) > 0, np.diag(cm) / cm.sum(axis=0), 0.0)
-            recall = np.where(cm.sum(axis=1) > 0, np.diag(cm) / cm.sum(axis=1), 0.0)
-        out["precision"], out["recall"] = float(precision[present].mean()), float(recall[present].mean())
-        out["degenerate"] = bool(np.count_nonzero(cm.sum(axis=0)) < 2)
-    for src, dst in (("test.f1_macro", "f1"), ("test.auc", "auc"), ("test.mae", "mae")):
+    for src, dst in (("test.precision_macro", "precision"), ("test.recall_macro", "recall"), ("test.f1_macro", "f1"),
+                     ("test.auc", "auc"), ("test.mae", "mae")):
         if _present(row.get(src)):
             out[dst] = float(row[src])
     out["note"] = "; ".join(notes)
@@ -269,24 +262,26 @@ def _present(value) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
-def comparison_table(runs: pd.DataFrame, *, n_boot: int | None = None, conf: float = 0.95, seed: int = 0) -> pd.DataFrame:
-    """One row per run: accuracy with its Wilson interval, macro precision and recall,
-    macro F1, AUC (P(male)) and MAE (age, years) with paired-bootstrap intervals from
-    ``predictions.csv``, training time, and the degenerate flag.
+def _eval_setting(run: pd.Series, key: str, default):
+    value = run.get(f"eval.{key}")
+    return default if not _present(value) else value
 
-    Macro averages run over the classes present in the test set's truth or predictions;
-    an undefined per-class precision (a class never predicted) counts as 0, as in
-    ``metrics.json`` and scikit-learn. ``n_boot=None`` uses each run's ``eval.bootstrap``
-    (0 = no bootstrap). Numeric
-    columns: run_id, Run, status, task, n_test, accuracy, acc_lo, acc_hi, precision,
+
+def comparison_table(runs: pd.DataFrame, *, n_boot: int | None = None, conf: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """One row per run: accuracy, macro precision and recall, macro F1, AUC (P(male))
+    and MAE (age, years), each with its interval, from ``predictions.csv``.
+
+    Intervals resample persons wherever the test split has persons with several images
+    (cluster bootstrap), else images (Wilson for accuracy, bootstrap for the others);
+    ``unit`` says which ("per person, 812 persons" / "per image: no identities").
+    ``n_boot=None`` uses each run's ``eval.bootstrap`` (0 = no bootstrap), the unit each
+    run's ``eval.unit``. Macro averages as in ``metrics.json`` (:mod:`facetransfer.metrics`).
+    Columns: run_id, Run, status, task, n_test, unit, accuracy, acc_lo, acc_hi, precision,
     recall, f1, f1_lo, f1_hi, auc, auc_lo, auc_hi, mae, mae_lo, mae_hi, train_seconds,
-    degenerate, note. Runs that did not end ``ok`` keep their row (metrics NaN, the
-    reason in ``note``). Degenerate: the metrics.json flag where present; otherwise a
-    classifier that predicts fewer than 2 classes on the test set, or an age regressor
-    whose predictions span less than 1 year. Points and intervals come from the same
-    predictions, so an interval always belongs to the point shown.
+    degenerate (the metrics.json flag, one rule for every head), note. Runs that did not
+    end ``ok`` keep their row (metrics NaN, the reason in ``note``).
     """
-    columns = ["run_id", "Run", "status", "task", "n_test", "accuracy", "acc_lo", "acc_hi", "precision", "recall",
+    columns = ["run_id", "Run", "status", "task", "n_test", "unit", "accuracy", "acc_lo", "acc_hi", "precision", "recall",
                "f1", "f1_lo", "f1_hi", "auc", "auc_lo", "auc_hi", "mae", "mae_lo", "mae_hi", "train_seconds", "degenerate", "note"]
     rows = []
     for _, run in runs.iterrows():
@@ -296,36 +291,39 @@ def comparison_table(runs: pd.DataFrame, *, n_boot: int | None = None, conf: flo
             row["degenerate"] = False
             rows.append(row)
             continue
-        boots = n_boot if n_boot is not None else int(run.get("eval.bootstrap", 1000))
+        boots = n_boot if n_boot is not None else int(_eval_setting(run, "bootstrap", 1000))
         pred = read_predictions(run)
         if pred is not None:
-            row.update(_metrics_from_predictions(pred, run["task"], boots, conf, seed))
+            unit = test_unit(pred, _eval_setting(run, "unit", "auto"))
+            row.update(_metrics_from_predictions(pred, run["task"], unit, boots, conf, seed))
         else:
             row.update(_metrics_from_json(run, conf))
-        if isinstance(run.get("test.degenerate"), (bool, np.bool_)):
-            row["degenerate"] = bool(run["test.degenerate"])
+        row["degenerate"] = bool(run.get("test.degenerate")) if isinstance(run.get("test.degenerate"), (bool, np.bool_)) else False
         row["train_seconds"] = run.get("timing.train_seconds")
         rows.append(row)
     table = pd.DataFrame(rows, columns=columns)
     table["degenerate"] = table["degenerate"].fillna(False).astype(bool)
-    for col in columns[4:-2]:
-        table[col] = pd.to_numeric(table[col], errors="coerce")
+    numeric = [c for c in columns[4:-2] if c != "unit"]
+    table[numeric] = table[numeric].apply(pd.to_numeric, errors="coerce")
     table.attrs["conf"] = conf
     return table
 
 
+DASH = "—"  # a missing number in a rendered table
+
+
 def _fmt_ci(point: float, lo: float, hi: float, digits: int) -> str:
     if not _present(point):
-        return "n/a"
+        return DASH
     if not (_present(lo) and _present(hi)):
         return f"{point:.{digits}f}"
     return f"{point:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
 def format_seconds(seconds: float) -> str:
-    """``12.3 s``, ``4 min 05 s``, ``1 h 02 min``; ``n/a`` for a missing value."""
+    """``12.3 s``, ``4 min 05 s``, ``1 h 02 min``; an em dash for a missing value."""
     if not _present(seconds):
-        return "n/a"
+        return DASH
     seconds = float(seconds)
     if seconds < 60:
         return f"{seconds:.1f} s"
@@ -337,7 +335,8 @@ def format_seconds(seconds: float) -> str:
 def format_comparison(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """The comparison table as display strings: Run, Accuracy (95 % CI), Precision,
     Recall, F1 (95 % CI), AUC (95 % CI), MAE (95 % CI), Training time, Degenerate,
-    Status, Note. Metric columns that are n/a for every run are left out."""
+    Unit (what the intervals resample), Status, Note. Metric columns that are missing
+    for every run are left out; a missing value is an em dash."""
     pct = round(100 * table.attrs.get("conf", 0.95))
     out = pd.DataFrame({"Run": table["Run"]})
     out[f"Accuracy ({pct} % CI)"] = [_fmt_ci(r.accuracy, r.acc_lo, r.acc_hi, digits) for r in table.itertuples()]
@@ -346,9 +345,10 @@ def format_comparison(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     out[f"F1 ({pct} % CI)"] = [_fmt_ci(r.f1, r.f1_lo, r.f1_hi, digits) for r in table.itertuples()]
     out[f"AUC ({pct} % CI)"] = [_fmt_ci(r.auc, r.auc_lo, r.auc_hi, digits) for r in table.itertuples()]
     out[f"MAE, years ({pct} % CI)"] = [_fmt_ci(r.mae, r.mae_lo, r.mae_hi, 2) for r in table.itertuples()]
-    out = out[[c for c in out.columns if c == "Run" or (out[c] != "n/a").any()]]
+    out = out[[c for c in out.columns if c == "Run" or (out[c] != DASH).any()]]
     out["Training time"] = [format_seconds(v) for v in table["train_seconds"]]
     out["Degenerate"] = np.where(table["degenerate"], "yes", "")
+    out["Unit"] = table["unit"].fillna(DASH).to_numpy()
     out["Status"] = table["status"].to_numpy()
     out["Note"] = table["note"].fillna("").to_numpy()
     return out
@@ -374,7 +374,7 @@ def style_comparison(table: pd.DataFrame, digits: int = 3):
 # ---------------------------------------------------------------- reported vs reproduced
 def _check_reported(reported) -> list[dict]:
     if not isinstance(reported, Sequence) or isinstance(reported, (str, bytes)):
-        raise FacetransferError("reported must be a list of {match, metrics, source} entries")
+        raise FacetransferError("reported must be a list of {match, metrics, source, n_test} entries")
     for i, entry in enumerate(reported):
         where = f"reported[{i}]"
         if not isinstance(entry, Mapping) or not isinstance(entry.get("match"), Mapping) or not isinstance(entry.get("metrics"), Mapping):
@@ -385,81 +385,88 @@ def _check_reported(reported) -> list[dict]:
         for metric, value in entry["metrics"].items():
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise FacetransferError(f"{where}.metrics.{metric}: {value!r} is not a number")
-            if metric in ("test.accuracy", "test.f1_macro", "test.auc") and not 0 <= value <= 1:
+            if metric in _FRACTIONS and not 0 <= value <= 1:
                 raise FacetransferError(f"{where}.metrics.{metric}: {value!r} is not a fraction in [0, 1] (give 0.9397, not 93.97)")
+        n_test = entry.get("n_test")
+        if n_test is not None and (isinstance(n_test, bool) or not isinstance(n_test, int) or n_test < 1):
+            raise FacetransferError(f"{where}.n_test: {n_test!r} must be the published test-set size, an integer >= 1")
     return list(reported)
 
 
-def _matches(runs: pd.DataFrame, match: Mapping) -> pd.Series:
-    """Runs whose params equal every ``match`` item. ``name`` matches the run name, or
-    the runs of the study group of that name (run names are the group name followed by
-    the grid values and seed)."""
-    keep = pd.Series(True, index=runs.index)
-    for key, value in match.items():
-        if key not in runs.columns:
-            return pd.Series(False, index=runs.index)
-        target = _cell(value)
-        if key == "name":
-            keep &= runs["name"].map(lambda v, t=str(target): v == t or str(v).startswith(t + " "))
-        else:
-            keep &= runs[key].map(lambda v, t=target: v == t)
-    return keep
+_FRACTIONS = ("test.accuracy", "test.f1_macro", "test.auc")
+
+
+def match_reported(runs: pd.DataFrame, match: Mapping) -> pd.Series:
+    """Runs a ``reported`` entry's ``match`` selects: :func:`facetransfer.study.matches`
+    (the one matching rule) on each run's flattened params."""
+    from facetransfer.study import matches
+
+    if runs.empty:
+        return pd.Series(False, index=runs.index, dtype=bool)
+    return runs.apply(lambda run: matches({k: v for k, v in run.items() if _present(v)}, match), axis=1).astype(bool)
 
 
 def reported_vs_reproduced(runs: pd.DataFrame, reported=None, *, table: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Figures reported elsewhere next to the figures this study reproduced.
+    """Figures published elsewhere next to ours: the difference (ours − published) with
+    an interval that holds both our sampling error (per person where the data has
+    persons) and the published figure's (from the entry's ``n_test``, the published
+    test-set size; without it the row says "published n unknown"), and a verdict in
+    words: consistent / higher / lower (:func:`facetransfer.stats.versus_published`).
 
     ``reported`` (default: ``runs.attrs["reported"]``, i.e. ``study.json``): a list of
     ``{"match": {dotted.param: value}, "metrics": {"test.accuracy": 0.9397}, "source":
-    "..."}``; ``match: {name: x}`` matches the run named x or the runs of study group x.
-    Every ``ok`` run matching all ``match`` items gives a row per metric
-    (repeats give several rows); an entry that matches no ok run gives a row saying so.
-    Columns: config, source, run_id, Run, metric, reported, reproduced, ci_lo, ci_hi,
-    CI, inside_ci (True / False; None where no interval exists), difference.
-    ``table``: a :func:`comparison_table` of ``runs`` to reuse (computed when omitted).
+    "...", "n_test": 3000}``, matched by :func:`match_reported`. Every ``ok`` run that
+    matches gives a row per metric (repeats give several rows); an entry matching no ok
+    run gives a row saying so. Columns: config, source, run_id, Run, metric, published,
+    published n, ours, ours CI, difference, difference CI, verdict, note (display
+    strings except the numbers published, ours, difference).
+    ``table``: a :func:`comparison_table` of ``runs`` to reuse.
     """
     reported = _check_reported(runs.attrs.get("reported", []) if reported is None else reported)
-    columns = ["config", "source", "run_id", "Run", "metric", "reported", "reproduced", "ci_lo", "ci_hi", "CI", "inside_ci", "difference"]
+    columns = ["config", "source", "run_id", "Run", "metric", "published", "published n", "ours", "ours CI",
+               "difference", "difference CI", "verdict", "note"]
     if not reported:
         return pd.DataFrame(columns=columns)
     ok = runs[runs["status"] == STATUS_OK]
     table = comparison_table(ok) if table is None else table
     by_id = table.set_index("run_id")
+    pct = round(100 * table.attrs.get("conf", 0.95))
     rows = []
     for entry in reported:
         config = ", ".join(f"{k}={v}" for k, v in entry["match"].items())
-        source = entry.get("source", "")
-        matched = ok[_matches(ok, entry["match"])]
+        n_pub = entry.get("n_test")
+        base = {"config": config, "source": entry.get("source", ""), "published n": str(n_pub) if n_pub else "unknown"}
+        matched = ok[match_reported(ok, entry["match"])]
         for metric, value in entry["metrics"].items():
             if matched.empty:
-                rows.append({"config": config, "source": source, "metric": metric, "reported": float(value), "CI": "no matching ok run"})
+                rows.append({**base, "run_id": DASH, "Run": DASH, "metric": metric, "published": float(value), "verdict": "no matching ok run"})
                 continue
             for _, run in matched.iterrows():
-                row = {"config": config, "source": source, "run_id": run["run_id"], "Run": run["label"], "metric": metric, "reported": float(value)}
+                row = {**base, "run_id": run["run_id"], "Run": run["label"], "metric": metric, "published": float(value)}
                 if metric in _CI_METRICS and run["run_id"] in by_id.index:
-                    point, lo, hi = (by_id.loc[run["run_id"], c] for c in _CI_METRICS[metric])
+                    ours = stats.BootstrapCI(*(by_id.loc[run["run_id"], c] for c in _CI_METRICS[metric]), n_used=0, n_boot=0, conf=table.attrs.get("conf", 0.95))
+                    n_ours = by_id.loc[run["run_id"], "n_test"]
                 else:
-                    point, lo, hi = run.get(metric, math.nan), math.nan, math.nan
-                point = float(point) if _present(point) else math.nan
-                row.update(reproduced=point, ci_lo=lo, ci_hi=hi, difference=point - float(value))
-                has_ci = _present(lo) and _present(hi)
-                row["CI"] = f"[{lo:.4f}, {hi:.4f}]" if has_ci else "no interval"
-                row["inside_ci"] = bool(lo <= value <= hi) if has_ci else None
+                    ours, n_ours = stats.BootstrapCI(run.get(metric, math.nan), math.nan, math.nan, n_used=0, n_boot=0, conf=0.95), math.nan
+                digits = 2 if metric == "test.mae" else 4
+                versus = stats.versus_published(ours, float(value), n_pub, n_ours=n_ours, fraction=metric in _FRACTIONS, conf=ours.conf)
+                row.update(ours=ours.point, difference=versus["difference"], verdict=versus["verdict"], note=versus["note"])
+                row["ours CI"] = _fmt_interval(ours.lo, ours.hi, digits)
+                row["difference CI"] = _fmt_interval(versus["lo"], versus["hi"], digits)
                 rows.append(row)
-    return pd.DataFrame(rows, columns=columns)
+    out = pd.DataFrame(rows, columns=columns).fillna({c: DASH for c in ("ours CI", "difference CI", "note", "run_id", "Run")})
+    out.attrs["conf"] = pct
+    return out
+
+
+def _fmt_interval(lo: float, hi: float, digits: int) -> str:
+    return f"[{lo:+.{digits}f}, {hi:+.{digits}f}]" if _present(lo) and _present(hi) and math.isfinite(lo) else DASH
 
 
 # ---------------------------------------------------------------- paired tests
-def pairwise_mcnemar(study_dir, runs: pd.DataFrame | None = None, *, alpha: float = 0.05) -> pd.DataFrame:
-    """McNemar's test for every pair of ``ok`` classification runs evaluated on the same
-    test set (the same set of test image paths), Holm-corrected over all pairs.
-
-    Columns: test_set (1, 2, ... one per distinct test set), run_a, run_b, a, b (labels),
-    n, acc_a, acc_b, b_count (a right, b wrong), c_count, statistic, method, p_value,
-    p_holm, verdict. ``attrs["excluded"]``: ``[{"run_id", "reason"}]`` for runs that
-    could not be paired (no predictions, no classification output, unique test set).
-    """
-    runs = load_runs(study_dir) if runs is None else runs
+def _test_sets(runs: pd.DataFrame) -> tuple[list[list[tuple]], list[dict]]:
+    """Groups of ok runs evaluated on the same test images (same paths, same labels):
+    ``[[(run, predictions indexed by path), ...], ...]`` and the runs left out, with why."""
     excluded, sets = [], {}
     for _, run in runs.iterrows():
         if run["status"] != STATUS_OK:
@@ -469,24 +476,127 @@ def pairwise_mcnemar(study_dir, runs: pd.DataFrame | None = None, *, alpha: floa
         if pred is None or "path" not in pred.columns:
             excluded.append({"run_id": run["run_id"], "reason": "no predictions.csv with a path column"})
             continue
-        cols = prediction_columns(pred, run["task"])
-        if cols["kind"] is None:
-            excluded.append({"run_id": run["run_id"], "reason": f"task {run['task']} has no class output"})
-            continue
         part = pred.set_index("path").sort_index()
-        key = (cols["kind"], tuple(part.index))
-        sets.setdefault(key, []).append((run, part[cols["y_true"]], part[cols["y_pred"]]))
-    rows = []
-    for number, members in enumerate(sets.values(), start=1):
+        sets.setdefault(tuple(part.index), []).append((run, part))
+    groups = []
+    for members in sets.values():
         if len(members) < 2:
             excluded.append({"run_id": members[0][0]["run_id"], "reason": "no other run has the same test set"})
+        else:
+            groups.append(members)
+    return groups, excluded
+
+
+def _paired_metrics(pa: pd.DataFrame, pb: pd.DataFrame, task_a: str, task_b: str) -> dict:
+    """{metric: (statistic or None for a mean, arrays of a, arrays of b)} both runs have."""
+    ca, cb = prediction_columns(pa, task_a), prediction_columns(pb, task_b)
+    out = {}
+    if ca["kind"] is not None and ca["kind"] == cb["kind"]:
+        ta, tb = pa[ca["y_true"]].to_numpy(), pb[cb["y_true"]].to_numpy()
+        if not np.array_equal(ta, tb):
+            raise FacetransferError("two runs give different labels to the same test images; their data differ")
+        ya, yb = pa[ca["y_pred"]].to_numpy(), pb[cb["y_pred"]].to_numpy()
+        out["accuracy"] = (None, ((ta == ya).astype(float),), ((tb == yb).astype(float),))
+        out["F1"] = (metrics.f1_macro, (ta, ya), (tb, yb))
+        if ca["prob"] is not None and cb["prob"] is not None:
+            out["AUC"] = (metrics.roc_auc, (ta, pa[ca["prob"]].to_numpy(dtype=float)), (tb, pb[cb["prob"]].to_numpy(dtype=float)))
+    if ca["age_true"] is not None and cb["age_true"] is not None:
+        ea = (pa[ca["age_true"]] - pa[ca["age_pred"]]).abs().to_numpy(dtype=float)
+        eb = (pb[cb["age_true"]] - pb[cb["age_pred"]]).abs().to_numpy(dtype=float)
+        out["MAE"] = (None, (ea,), (eb,))
+    return out
+
+
+def paired_comparisons(runs: pd.DataFrame, *, n_boot: int | None = None, conf: float = 0.95, seed: int = 0,
+                       alpha: float = 0.05) -> pd.DataFrame:
+    """For every pair of ok runs on the same test images and every metric both have
+    (accuracy, F1, AUC, MAE; age runs included): the difference a − b with its paired
+    bootstrap interval and p-value, resampling persons where the test split has persons
+    with several images, Holm-corrected over all pairs of each metric (statsmodels).
+
+    Columns: test_set, metric, a, b, unit, n, a value, b value, difference, lo, hi,
+    p_value, p_holm, verdict. ``attrs["excluded"]``: runs that could not be paired.
+    """
+    groups, excluded = _test_sets(runs)
+    rows = []
+    for number, members in enumerate(groups, start=1):
+        first = members[0][0]
+        boots = n_boot if n_boot is not None else int(_eval_setting(first, "bootstrap", 1000))
+        unit = test_unit(members[0][1].reset_index(), _eval_setting(first, "unit", "auto"))
+        for i in range(len(members)):
+            for j in range(i + 1, len(members)):
+                (ra, pa), (rb, pb) = members[i], members[j]
+                for metric, (statistic, arrays_a, arrays_b) in _paired_metrics(pa, pb, ra["task"], rb["task"]).items():
+                    kw = {"unit": unit, "n_boot": boots, "conf": conf, "seed": seed}
+                    if statistic is None:
+                        ci = stats.bootstrap(None, arrays_a[0] - arrays_b[0], **kw)
+                        value_a, value_b = float(arrays_a[0].mean()), float(arrays_b[0].mean())
+                    else:
+                        ci = stats.paired(statistic, arrays_a, arrays_b, **kw)
+                        value_a, value_b = statistic(*arrays_a), statistic(*arrays_b)
+                    rows.append({"test_set": number, "metric": metric, "a": ra["label"], "b": rb["label"], "unit": unit.text,
+                                 "n": len(pa), "a value": value_a, "b value": value_b, "difference": ci.point, "lo": ci.lo,
+                                 "hi": ci.hi, "p_value": ci.p_value})
+    columns = ["test_set", "metric", "a", "b", "unit", "n", "a value", "b value", "difference", "lo", "hi", "p_value", "p_holm", "verdict"]
+    table = pd.DataFrame(rows, columns=columns)
+    for _, part in table.groupby("metric"):
+        defined = part["p_value"].notna()
+        table.loc[part.index[defined], "p_holm"] = stats.holm(part.loc[defined, "p_value"].to_numpy())
+    table["verdict"] = [_paired_verdict(r, alpha) for r in table.itertuples()]
+    table.attrs.update(excluded=excluded, alpha=alpha, conf=conf)
+    return table
+
+
+def _paired_verdict(row, alpha: float) -> str:
+    if not _present(row.p_holm):
+        return "undefined (no resample defined the difference)"
+    if row.p_holm >= alpha:
+        return f"no significant difference (alpha {alpha:g})"
+    lower_better = row.metric == "MAE"
+    better = row.a if (row.difference < 0) == lower_better else row.b
+    return f"{better} is better (alpha {alpha:g})"
+
+
+def format_paired(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """:func:`paired_comparisons` as display strings (an em dash where a value is missing)."""
+    pct = round(100 * table.attrs.get("conf", 0.95))
+    out = table[["test_set", "metric", "a", "b", "unit", "n"]].copy()
+    out["a − b"] = [_fmt_ci(r.difference, r.lo, r.hi, 2 if r.metric == "MAE" else digits) for r in table.itertuples()]
+    out = out.rename(columns={"a − b": f"a − b ({pct} % CI)"})
+    out["p"] = [f"{p:.3g}" if _present(p) else DASH for p in table["p_value"]]
+    out["p (Holm)"] = [f"{p:.3g}" if _present(p) else DASH for p in table["p_holm"]]
+    out["verdict"] = table["verdict"]
+    return out
+
+
+def pairwise_mcnemar(study_dir, runs: pd.DataFrame | None = None, *, alpha: float = 0.05) -> pd.DataFrame:
+    """McNemar's test (statsmodels) for every pair of ``ok`` classification runs on the
+    same test images, Holm-corrected over all pairs: for IMAGE-level data only. Where the
+    test split has persons with several images, McNemar's independence assumption fails
+    (its p-values are too small); those pairs are listed in ``attrs["excluded"]`` and
+    :func:`paired_comparisons` is the test to read.
+
+    Columns: test_set, run_a, run_b, a, b, n, acc_a, acc_b, b_count (a right, b wrong),
+    c_count, statistic, method, p_value, p_holm, verdict.
+    """
+    runs = load_runs(study_dir) if runs is None else runs
+    groups, excluded = _test_sets(runs)
+    rows = []
+    for number, members in enumerate(groups, start=1):
+        unit = test_unit(members[0][1].reset_index(), _eval_setting(members[0][0], "unit", "auto"))
+        if unit.per_person:
+            excluded += [{"run_id": r["run_id"], "reason": f"McNemar assumes independent images; {unit.text}: see the paired comparisons"} for r, _ in members]
             continue
         for i in range(len(members)):
             for j in range(i + 1, len(members)):
-                (ra, ta, pa), (rb, tb, pb) = members[i], members[j]
+                (ra, pa), (rb, pb) = members[i], members[j]
+                ca_cols, cb_cols = prediction_columns(pa, ra["task"]), prediction_columns(pb, rb["task"])
+                if ca_cols["kind"] is None or ca_cols["kind"] != cb_cols["kind"]:
+                    continue
+                ta, tb = pa[ca_cols["y_true"]], pb[cb_cols["y_true"]]
                 if not np.array_equal(ta.to_numpy(), tb.to_numpy()):
                     raise FacetransferError(f"runs {ra['run_id']} and {rb['run_id']} give different labels to the same test images; their data differ")
-                ca, cb = (ta == pa).to_numpy(), (tb == pb).to_numpy()
+                ca, cb = (ta == pa[ca_cols["y_pred"]]).to_numpy(), (tb == pb[cb_cols["y_pred"]]).to_numpy()
                 test = stats.mcnemar(ca, cb)
                 rows.append({"test_set": number, "run_a": ra["run_id"], "run_b": rb["run_id"], "a": ra["label"], "b": rb["label"],
                              "n": test["n"], "acc_a": float(ca.mean()), "acc_b": float(cb.mean()), "b_count": test["b"],
@@ -495,10 +605,16 @@ def pairwise_mcnemar(study_dir, runs: pd.DataFrame | None = None, *, alpha: floa
     table = pd.DataFrame(rows, columns=columns)
     if rows:
         table["p_holm"] = stats.holm(table["p_value"].to_numpy(dtype=float))
-        table["verdict"] = [stats.verdict(r.p_holm, r.acc_a, r.acc_b, str(r.a), str(r.b), alpha) for r in table.itertuples()]
+        table["verdict"] = [_mcnemar_verdict(r, alpha) for r in table.itertuples()]
     table.attrs["excluded"] = excluded
     table.attrs["alpha"] = alpha
     return table
+
+
+def _mcnemar_verdict(row, alpha: float) -> str:
+    if row.p_holm >= alpha:
+        return f"no significant difference (alpha {alpha:g})"
+    return f"{row.a if row.acc_a > row.acc_b else row.b} is significantly more accurate (alpha {alpha:g})"
 
 
 # ---------------------------------------------------------------- repeats and folds
@@ -508,16 +624,21 @@ def _key(value) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def aggregate(runs: pd.DataFrame, over: str = "seed") -> pd.DataFrame:
+FOLD_KEY = "data.split.test_fold"
+
+
+def aggregate(runs: pd.DataFrame, over: str = "seed", *, conf: float = 0.95) -> pd.DataFrame:
     """Mean ± sample std of each configuration's metrics over repeats (``over="seed"``)
-    or folds (``over="data.split.test_fold"``).
+    or folds (``over="data.split.test_fold"``), with n and a Student-t interval.
 
     A configuration is the run params minus ``over`` and ``name``. Only ``ok`` runs are
     averaged; ``n_not_ok`` counts the others. Columns: config (the params that differ
-    between configurations, ``k=v, ...``), n, ``over`` (the values averaged), n_not_ok,
-    then per metric (test.accuracy, test.f1_macro, test.auc, test.mae,
-    timing.train_seconds, where present) ``<label> mean``, ``<label> std`` and the text
-    ``<label>`` = "0.912 ± 0.010 (n=3)", and note (runs without a value).
+    between configurations), n, ``over`` (the values averaged), n_not_ok, then per metric
+    (test.accuracy, test.f1_macro, test.auc, test.mae, timing.train_seconds, where
+    present) ``<label> mean``, ``<label> std``, ``<label> lo`` / ``hi`` (t-interval) and
+    the text ``<label>`` = "0.912 ± 0.010 (n=3)"; over folds also ``<label> weighted``,
+    the mean weighted by each fold's test size (the pooled figure), beside the unweighted
+    mean. note: runs without a value.
     """
     if over != "seed" and not is_known_key(over):
         raise FacetransferError(f"over={over!r} is not a run param; use seed or data.split.test_fold (or another dotted param key)")
@@ -527,7 +648,7 @@ def aggregate(runs: pd.DataFrame, over: str = "seed") -> pd.DataFrame:
     frame = runs.copy()
     frame["_config"] = frame[keys].apply(lambda r: "|".join(_key(v) for v in r), axis=1) if keys else ""
     varying = [k for k in keys if frame[k].map(_key).nunique() > 1]
-    metrics = [m for m in METRIC_COLUMNS if m in frame.columns]
+    metric_keys = [m for m in METRIC_COLUMNS if m in frame.columns]
     rows = []
     for _, group in frame.groupby("_config", sort=False):
         ok = group[group["status"] == STATUS_OK]
@@ -539,86 +660,254 @@ def aggregate(runs: pd.DataFrame, over: str = "seed") -> pd.DataFrame:
             "n_not_ok": len(group) - len(ok),
         }
         notes = []
-        for metric in metrics:
+        for metric in metric_keys:
             values = pd.to_numeric(ok[metric], errors="coerce")
-            finite = values[np.isfinite(values)]
-            if finite.empty:
+            finite = np.isfinite(values)
+            if not finite.any():
                 continue
             label = METRIC_COLUMNS[metric]
-            row[f"{label} mean"], row[f"{label} std"], _ = stats.mean_std(finite)
-            row[label] = stats.format_mean_std(finite, 2 if metric in ("test.mae", "timing.train_seconds") else 3)
-            if len(finite) < len(values):
-                notes.append(f"{label}: {len(values) - len(finite)} run(s) without a value")
+            row[f"{label} mean"], row[f"{label} std"], _ = stats.mean_std(values[finite])
+            row[f"{label} lo"], row[f"{label} hi"] = stats.t_interval(values[finite], conf)
+            row[label] = stats.format_mean_std(values[finite], 2 if metric in ("test.mae", "timing.train_seconds") else 3)
+            sizes = pd.to_numeric(ok["n_test"], errors="coerce")[finite]
+            if over == FOLD_KEY and metric.startswith("test.") and sizes.notna().all():
+                row[f"{label} weighted"] = float(np.average(values[finite], weights=sizes))
+            if not finite.all():
+                notes.append(f"{label}: {int((~finite).sum())} run(s) without a value")
         row["note"] = "; ".join(notes)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------- calibration, subgroups
-def _ok_predictions(run) -> tuple[pd.DataFrame, dict, str]:
+def _ok_predictions(run) -> tuple[pd.DataFrame, str, str, dict]:
+    """(test predictions, task, run id, eval params) of a run row or run folder."""
     run_id = run["run_id"] if isinstance(run, pd.Series) else Path(run).name
-    task = run.get("task") if isinstance(run, pd.Series) else None
-    if task is None:
-        metrics, error = _read_metrics(_run_dir(run) / "metrics.json")
-        if metrics is None:
+    if isinstance(run, pd.Series) and _present(run.get("task")):
+        task = run["task"]
+        evals = {k: _eval_setting(run, k, d) for k, d in (("bootstrap", 1000), ("min_group", 20), ("unit", "auto"))}
+    else:
+        loaded, error = _read_metrics(_run_dir(run) / "metrics.json")
+        if loaded is None:
             raise FacetransferError(f"run {run_id}: {error}")
-        task = (metrics.get("params") or {}).get("task", "gender")
+        params = loaded.get("params") or {}
+        task = params.get("task", "gender")
+        evals = {"bootstrap": 1000, "min_group": 20, "unit": "auto", **(params.get("eval") or {})}
     pred = read_predictions(run)
     if pred is None:
         raise FacetransferError(f"run {run_id} has no predictions.csv in {_run_dir(run)}")
-    return pred, prediction_columns(pred, task), run_id
+    return pred, task, run_id, evals
+
+
+def calibration(pred: pd.DataFrame, task: str, *, n_bins: int = 10, n_boot: int = 1000, conf: float = 0.95,
+                seed: int = 0, unit: str = "auto") -> pd.DataFrame:
+    """THE reliability table of one run's test predictions (on P(male) for gender, on the
+    top probability for age groups; :func:`facetransfer.metrics.calibration_table`) with
+    its expected calibration error and the ECE's (cluster) bootstrap interval in
+    ``attrs``: ``ece``, ``ece_lo``, ``ece_hi``, ``unit``, ``what``.
+
+    Raises for a task without class probabilities (age in years).
+    """
+    cols = prediction_columns(pred, task)
+    if cols["kind"] == "gender" and cols["prob"] is not None:
+        prob, what = pred[cols["prob"]].to_numpy(dtype=float), "P(male)"
+    elif cols["kind"] == "age_group" and all(f"prob_{k}" in pred.columns for k in range(AGE_GROUPS)):
+        prob, what = pred[[f"prob_{k}" for k in range(AGE_GROUPS)]].to_numpy(dtype=float), "top-class probability"
+    else:
+        raise FacetransferError(f"calibration needs a prob (P(male)) column, or prob_0..prob_{AGE_GROUPS - 1} for age groups (task {task})")
+    y_true = pred[cols["y_true"]].to_numpy()
+    table = metrics.calibration_table(y_true, prob, n_bins)
+    the_unit = test_unit(pred, unit)
+    ece = stats.bootstrap(lambda t, p: metrics.expected_calibration_error(t, p, n_bins), y_true, prob,
+                          unit=the_unit, n_boot=n_boot, conf=conf, seed=seed)
+    table.attrs.update(ece=ece.point, ece_lo=ece.lo, ece_hi=ece.hi, unit=the_unit.text, what=what, conf=conf)
+    return table
 
 
 def calibration_table(run, *, n_bins: int = 10) -> pd.DataFrame:
-    """Reliability table of a run's test predictions (``run``: a row of :func:`load_runs`
-    or a run folder): on P(male) for gender, on the top probability for age groups (from
-    the ``prob_0`` .. ``prob_7`` columns). ``attrs["ece"]``: the expected calibration error."""
-    pred, cols, run_id = _ok_predictions(run)
-    if cols["kind"] == "gender" and cols["prob"] is not None:
-        prob = pred[cols["prob"]].to_numpy(dtype=float)
-    elif cols["kind"] == "age_group" and all(f"prob_{k}" in pred.columns for k in range(AGE_GROUPS)):
-        prob = pred[[f"prob_{k}" for k in range(AGE_GROUPS)]].to_numpy(dtype=float)
-    else:
-        raise FacetransferError(f"run {run_id}: calibration needs a prob (P(male)) column, or prob_0..prob_{AGE_GROUPS - 1} for age groups")
-    y_true = pred[cols["y_true"]].to_numpy()
-    table = stats.reliability_table(y_true, prob, n_bins)
-    table.attrs["ece"] = stats.expected_calibration_error(y_true, prob, n_bins)
+    """:func:`calibration` of a run (a row of :func:`load_runs` or a run folder)."""
+    pred, task, run_id, evals = _ok_predictions(run)
+    table = calibration(pred, task, n_bins=n_bins, n_boot=int(evals["bootstrap"]), unit=evals["unit"])
     table.attrs["run_id"] = run_id
     return table
 
 
 AGE_BAND = "age_band"
+ONE_CLASS = "n/a (one class)"
 
 
-def subgroup_table(run, column: str, *, min_n: int = 1, conf: float = 0.95) -> pd.DataFrame:
-    """Per-subgroup metrics of one run's test predictions (see
-    :func:`facetransfer.stats.subgroup_metrics`; the gap is in ``attrs["gap"]``).
+def subgroups(pred: pd.DataFrame, columns: Sequence[str], task: str, *, min_group: int = 20, n_boot: int = 1000,
+              conf: float = 0.95, seed: int = 0, unit: str = "auto") -> pd.DataFrame:
+    """THE subgroup table: test metrics per value of each column, stacked.
 
-    ``column``: any column of ``predictions.csv`` (race, Young, Eyeglasses, ...), or
-    ``"age_band"``: bands of 10 years derived from the ``age`` column (or ``age_true``).
+    One row per group: attribute, group, n, persons, status ("ranked", or "too small (n
+    < min_group)": listed, not ranked, in no gap), accuracy with its interval (per person
+    where the data has persons), f1_macro and auc (NaN with ``one_class`` True: the group
+    holds one true class, so F1 and AUC are n/a and never enter a gap), mae with its
+    interval for age outputs. Missing group values form the group "<missing>".
+    ``attrs["gaps"]``: one row per attribute and metric with the gap (best − worst over
+    the eligible groups) and its (cluster) bootstrap interval, or why there is none;
+    ``attrs["unit"]`` the resampling unit. ``column`` may be ``"age_band"``: bands of 10
+    years from the ``age`` (or ``age_true``) column.
     """
-    pred, cols, _ = _ok_predictions(run)
+    cols = prediction_columns(pred, task)
+    pred = pred.reset_index(drop=True)
+    the_unit = test_unit(pred, unit)
+    kw = {"n_boot": n_boot, "conf": conf, "seed": seed}
+    rows, gaps = [], []
+    for column in columns:
+        values = _group_values(pred, column, cols)
+        labels = values.astype(object).where(values.notna(), stats.MISSING_GROUP).astype(str)
+        for group in labels.value_counts(sort=True).index:
+            mask = (labels == group).to_numpy()
+            rows.append(_group_row(pred[mask], column, group, cols, _subset(the_unit, mask), min_group, kw))
+        gaps += _gaps(pred, labels, column, cols, the_unit, min_group, rows, kw)
+    table = pd.DataFrame(rows, columns=["attribute", "group", "n", "persons", "status", "accuracy", "acc_lo", "acc_hi",
+                                        "f1_macro", "auc", "one_class", "mae", "mae_lo", "mae_hi"])
+    table = table.dropna(axis=1, how="all")
+    table.attrs.update(gaps=pd.DataFrame(gaps, columns=["attribute", "metric", "groups ranked", "best", "worst", "gap", "lo", "hi", "note"]),
+                       unit=the_unit.text, min_group=min_group, conf=conf)
+    return table
+
+
+def _group_values(pred: pd.DataFrame, column: str, cols: dict) -> pd.Series:
     if column == AGE_BAND:
         source = "age" if "age" in pred.columns else cols["age_true"]
         if source is None:
             raise FacetransferError("age_band needs an age (years) column in predictions.csv; none found")
-        pred = pred.assign(age_band=stats.age_band(pred[source]))
-    labels = np.union1d(pred[cols["y_true"]], pred[cols["y_pred"]]).tolist() if cols["kind"] else ()
-    return stats.subgroup_metrics(pred, column, y_true=cols["y_true"], y_pred=cols["y_pred"], prob=cols["prob"],
-                                  age_true=cols["age_true"], age_pred=cols["age_pred"], labels=labels, conf=conf, min_n=min_n)
+        return stats.age_band(pred[source])
+    if column not in pred.columns:
+        raise FacetransferError(f"subgroup column {column!r} is not in the predictions; columns: {', '.join(map(str, pred.columns))}")
+    return pred[column]
 
 
-def subgroup_gaps(runs: pd.DataFrame, columns: Sequence[str] | None = None, *, min_n: int = 1) -> pd.DataFrame:
+def _subset(unit: stats.Unit, mask: np.ndarray) -> stats.Unit:
+    codes = pd.factorize(unit.codes[mask])[0]
+    return stats.Unit(codes, int(codes.max()) + 1 if len(codes) else 0, unit.per_person, unit.text)
+
+
+def _group_row(part: pd.DataFrame, column: str, group: str, cols: dict, unit: stats.Unit, min_group: int, kw: dict) -> dict:
+    row = {"attribute": column, "group": group, "n": len(part), "persons": unit.n_units if unit.per_person else np.nan,
+           "status": "ranked" if len(part) >= min_group else f"too small (n < {min_group})"}
+    if cols["kind"] is not None:
+        y_true, y_pred = part[cols["y_true"]].to_numpy(), part[cols["y_pred"]].to_numpy()
+        row["accuracy"], row["acc_lo"], row["acc_hi"] = stats.proportion(y_true == y_pred, unit, **kw)
+        row["one_class"] = metrics.one_class(y_true)
+        if not row["one_class"]:
+            row["f1_macro"] = metrics.f1_macro(y_true, y_pred)
+            if cols["prob"] is not None:
+                row["auc"] = metrics.roc_auc(y_true, part[cols["prob"]].to_numpy(dtype=float))
+    if cols["age_true"] is not None:
+        error = (part[cols["age_true"]] - part[cols["age_pred"]]).abs().to_numpy(dtype=float)
+        row["mae"], row["mae_lo"], row["mae_hi"] = stats.bootstrap(None, error, unit=unit, **kw)
+    return row
+
+
+def _gaps(pred, labels, column, cols, unit, min_group, rows, kw) -> list[dict]:
+    """Best − worst per metric over the eligible groups of ``column``, with intervals."""
+    table = pd.DataFrame([r for r in rows if r["attribute"] == column])
+    ranked = table[table["status"] == "ranked"]
+    out = []
+    specs = []
+    if cols["kind"] is not None:
+        y_true, y_pred = pred[cols["y_true"]].to_numpy(), pred[cols["y_pred"]].to_numpy()
+        specs.append(("accuracy", None, ((y_true == y_pred).astype(float),), False, ranked))
+        two = ranked[~ranked["one_class"].astype(bool)]
+        specs.append(("f1_macro", metrics.f1_macro, (y_true, y_pred), True, two))
+        if cols["prob"] is not None:
+            specs.append(("auc", metrics.roc_auc, (y_true, pred[cols["prob"]].to_numpy(dtype=float)), True, two))
+    if cols["age_true"] is not None:
+        error = (pred[cols["age_true"]] - pred[cols["age_pred"]]).abs().to_numpy(dtype=float)
+        specs.append(("mae", None, (error,), False, ranked))
+    codes = labels.to_numpy()
+    for metric, statistic, arrays, needs_two, eligible in specs:
+        row = {"attribute": column, "metric": metric, "groups ranked": len(eligible)}
+        if len(eligible) < 2:
+            small = int((table["status"] != "ranked").sum())
+            row["note"] = (f"fewer than two groups with n >= {min_group} ({small} too small)" if metric in ("accuracy", "mae")
+                           else f"fewer than two ranked groups with both classes ({len(ranked) - len(eligible)} hold one class)")
+            out.append(row)
+            continue
+        best = eligible.sort_values(metric, ascending=metric == "mae", kind="stable")
+        names = eligible["group"].tolist()
+
+        def spread(group_codes, *arrs, statistic=statistic, names=names, needs_two=needs_two):
+            values = []
+            for name in names:
+                mask = group_codes == name
+                if needs_two and metrics.one_class(arrs[0][mask]):
+                    return math.nan  # a resample where a group lost a class: its F1/AUC is undefined
+                values.append(statistic(*(a[mask] for a in arrs)) if mask.any() else math.nan)
+            return max(values) - min(values)
+
+        if statistic is None:
+            ci = stats.mean_gap(arrays[0], codes, names, unit=unit, **kw)
+        else:  # F1 / AUC gaps: the point only (a bootstrap of per-group scikit-learn scores costs seconds per column)
+            ci = stats.BootstrapCI(spread(codes, *arrays), math.nan, math.nan, n_used=0, n_boot=0, conf=kw["conf"], unit=unit.text)
+        note = _bootstrap_note("gap", ci) or ("" if statistic is None else "interval for the accuracy and MAE gaps only")
+        row.update(best=best["group"].iloc[0], worst=best["group"].iloc[-1], gap=ci.point, lo=ci.lo, hi=ci.hi, note=note)
+        out.append(row)
+    return out
+
+
+def subgroup_table(run, column: str) -> pd.DataFrame:
+    """:func:`subgroups` of one run's test predictions for one column (``run``: a row of
+    :func:`load_runs` or a run folder), with the run's eval settings."""
+    pred, task, _, evals = _ok_predictions(run)
+    return subgroups(pred, [column], task, min_group=int(evals["min_group"]), n_boot=int(evals["bootstrap"]), unit=evals["unit"])
+
+
+def subgroup_gaps(runs: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
     """For every ok run and subgroup column (default: each run's ``eval.subgroups``): the
-    best and worst group and the best − worst gap per metric. Columns: run_id, Run,
-    attribute, groups, best, worst, then ``gap <metric>``."""
-    rows = []
+    gap rows of :func:`subgroups` (best − worst with its interval, or why there is none).
+    Columns: run_id, Run, unit, attribute, metric, groups ranked, best, worst, gap, lo,
+    hi, note."""
+    frames = []
     for _, run in runs[runs["status"] == STATUS_OK].iterrows():
         wanted = list(columns) if columns is not None else list(run.get("eval.subgroups") or ())
-        for column in wanted:
-            table = subgroup_table(run, column, min_n=min_n)
-            row = {"run_id": run["run_id"], "Run": run["label"], "attribute": column, "groups": len(table),
-                   "best": table.attrs["best"], "worst": table.attrs["worst"]}
-            row.update({f"gap {k}": v for k, v in table.attrs["gap"].items()})
-            rows.append(row)
-    return pd.DataFrame(rows)
+        if not wanted:
+            continue
+        pred, task, _, evals = _ok_predictions(run)
+        table = subgroups(pred, wanted, task, min_group=int(evals["min_group"]), n_boot=int(evals["bootstrap"]), unit=evals["unit"])
+        frames.append(table.attrs["gaps"].assign(run_id=run["run_id"], Run=run["label"], unit=table.attrs["unit"]))
+    columns_out = ["run_id", "Run", "unit", "attribute", "metric", "groups ranked", "best", "worst", "gap", "lo", "hi", "note"]
+    return pd.concat(frames, ignore_index=True)[columns_out] if frames else pd.DataFrame(columns=columns_out)
+
+
+def format_subgroups(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """:func:`subgroups` as display strings: "n/a (one class)" for F1 and AUC of a group
+    with one true class, an em dash for a missing value, the unit in the header."""
+    pct = round(100 * table.attrs.get("conf", 0.95))
+    out = table[["attribute", "group", "n"]].copy()
+    if "persons" in table:
+        out["persons"] = [DASH if not _present(v) else str(int(v)) for v in table["persons"]]
+    out["status"] = table["status"]
+    if "accuracy" in table:
+        out[f"accuracy ({pct} % CI)"] = [_fmt_ci(r.accuracy, r.acc_lo, r.acc_hi, digits) for r in table.itertuples()]
+        for metric in ("f1_macro", "auc"):
+            if metric in table or "one_class" in table:
+                values = table[metric] if metric in table else pd.Series(np.nan, index=table.index)
+                out[metric] = [ONE_CLASS if one else _fmt_ci(v, None, None, digits) for v, one in zip(values, table["one_class"], strict=True)]
+    if "mae" in table:
+        out[f"MAE ({pct} % CI)"] = [_fmt_ci(r.mae, r.mae_lo, r.mae_hi, 2) for r in table.itertuples()]
+    out.attrs.update(table.attrs)
+    return out
+
+
+def format_gaps(gaps: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """Gap rows (:func:`subgroups` ``attrs["gaps"]`` or :func:`subgroup_gaps`) as display
+    strings: "0.120 [0.050, 0.190]", or an em dash with the reason in note."""
+    out = gaps.drop(columns=["gap", "lo", "hi", "run_id"], errors="ignore").copy()
+    out.insert(out.columns.get_loc("best") if "best" in out else len(out.columns), "gap (95 % CI)",
+               [_fmt_ci(r.gap, r.lo, r.hi, 2 if r.metric == "mae" else digits) for r in gaps.itertuples()])
+    return out.fillna(DASH).replace("", DASH)
+
+
+def subgroup_summary(table: pd.DataFrame) -> str:
+    """One line when no gap could be formed (every group too small or one-class), else ""."""
+    gaps = table.attrs.get("gaps")
+    if gaps is None or gaps.empty:
+        return ""
+    if gaps["gap"].notna().any() if "gap" in gaps else False:
+        return ""
+    return f"No subgroup gap: {'; '.join(f'{r.attribute} {r.metric}: {r.note}' for r in gaps.itertuples())}."

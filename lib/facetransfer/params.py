@@ -333,6 +333,8 @@ RUN_SCHEMA = Section(
                 "n_misclassified": F("int", 16, min=0),
                 "saliency": F("int", 8, min=0, doc="occlusion maps for this many misclassified test images"),
                 "bootstrap": F("int", 1000, min=0),
+                "min_group": F("int", 20, min=1, doc="subgroups with fewer test images are listed as too small and not ranked"),
+                "unit": F("choice", "auto", choices=("auto", "person", "image"), doc="what intervals and paired tests resample: auto = persons where some person has several test images, else images"),
             }
         ),
     }

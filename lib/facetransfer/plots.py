@@ -114,7 +114,7 @@ def _degenerate(table: pd.DataFrame) -> np.ndarray:
 def _ci_columns(table: pd.DataFrame, metric: str) -> tuple[str, str] | None:
     """CI columns ``<metric>_lo/_hi`` (``acc_lo/acc_hi`` for accuracy, as stats writes them)."""
     short = "acc" if metric == "accuracy" else metric
-    for lo, hi in ((f"{metric}_lo", f"{metric}_hi"), (f"{short}_lo", f"{short}_hi")):
+    for lo, hi in ((f"{metric}_lo", f"{metric}_hi"), (f"{short}_lo", f"{short}_hi"), ("lo", "hi")):
         if lo in table and hi in table:
             return lo, hi
     return None
@@ -523,9 +523,10 @@ def reliability_diagram(table, *, title: str = "Reliability diagram", synthetic:
     """Observed frequency vs mean predicted probability per bin, and the bin counts.
 
     ``table`` (or ``{name: table}`` to overlay runs) has one row per bin with the mean
-    predicted probability (``mean_confidence``, as :func:`facetransfer.stats.reliability_table`
+    predicted probability (``mean_confidence``, as :func:`facetransfer.metrics.calibration_table`
     writes it, or ``confidence``), the observed frequency (``accuracy``) and ``count``.
-    An ``ece`` entry in ``table.attrs`` goes into the legend.
+    An ``ece`` entry in ``table.attrs`` goes into the legend (with ``ece_lo``/``ece_hi``
+    and ``unit`` where present).
     """
     tables = dict(table) if isinstance(table, Mapping) else {"": table}
     overlaid = len(tables) > 1
@@ -539,7 +540,8 @@ def reliability_diagram(table, *, title: str = "Reliability diagram", synthetic:
         t = t[t["count"] > 0] if "count" in t else t
         label = name or "model"
         if "ece" in t.attrs:
-            label += f" (ECE {t.attrs['ece']:.3f})"
+            ci = f" [{t.attrs['ece_lo']:.3f}, {t.attrs['ece_hi']:.3f}], {t.attrs['unit']}" if np.isfinite(t.attrs.get("ece_lo", np.nan)) else ""
+            label += f" (ECE {t.attrs['ece']:.3f}{ci})"
         color = PALETTE[(j + 1) % len(PALETTE)]
         top.plot(t[x_col], t[y_col], "-o", color=color, label=label)
         if "count" in t:
@@ -569,8 +571,9 @@ def subgroup_bars(table: pd.DataFrame, *, metric: str | None = None, title: str 
     """One bar per subgroup (``attribute = group``) with its CI and n; a ``run`` / ``Run``
     column gives one bar per run. ``metric`` defaults to accuracy (mae for age-only tables).
 
-    Takes :func:`facetransfer.stats.subgroup_metrics` tables (stacked), and
-    :func:`facetransfer.compare.subgroup_gaps` tables (``metric="gap accuracy"``).
+    Takes :func:`facetransfer.compare.subgroups` tables, and
+    :func:`facetransfer.compare.subgroup_gaps` tables (``metric="gap"``: one bar per
+    attribute and metric, with the gap's interval).
     """
     if metric is None:
         metric = "accuracy" if table is not None and "accuracy" in table else "mae"
@@ -583,7 +586,7 @@ def subgroup_bars(table: pd.DataFrame, *, metric: str | None = None, title: str 
     if group_col is None and "attribute" not in table:
         raise FacetransferError(f"plots.subgroup_bars: table needs a group or attribute column; has {', '.join(map(str, table.columns))}")
     if group_col is None:
-        label = table["attribute"].astype(str)
+        label = table["attribute"].astype(str) + (" " + table["metric"].astype(str) if "metric" in table else "")
     elif "attribute" in table:
         label = table["attribute"].astype(str) + " = " + table[group_col].astype(str)
     else:
@@ -973,10 +976,11 @@ def saliency_examples(model, data, predictions: pd.DataFrame, *, task: str, n: i
     return saliency_grid(images, heat, captions, title=title, synthetic=synthetic)
 
 
-def calibration(predictions: pd.DataFrame, *, task: str, split: str = "test", n_bins: int = 10,
-                synthetic: bool = False) -> Figure:
-    """Reliability diagram of ``split`` (:func:`facetransfer.stats.reliability_table`) with its ECE."""
-    from facetransfer import stats
+def calibration(predictions: pd.DataFrame, *, task: str, split: str = "test", n_bins: int = 10, n_boot: int = 1000,
+                unit: str = "auto", synthetic: bool = False) -> Figure:
+    """Reliability diagram of ``split`` with its ECE and the ECE's interval
+    (:func:`facetransfer.compare.calibration`, the one calibration table)."""
+    from facetransfer.compare import calibration as calibration_of
 
     title = f"Calibration on {split}"
     if task == "age":
@@ -984,37 +988,8 @@ def calibration(predictions: pd.DataFrame, *, task: str, split: str = "test", n_
     part = predictions[predictions["split"] == split]
     if part.empty:
         return _message(title, f"no {split} predictions", synthetic=synthetic)
-    prob_cols = [c for c in part.columns if c.startswith("prob_")]
-    prob = part[prob_cols].to_numpy() if task == "age_group" else part["prob"].to_numpy()
-    table = stats.reliability_table(part["y_true"].to_numpy(), prob, n_bins)
-    table.attrs["ece"] = stats.expected_calibration_error(part["y_true"].to_numpy(), prob, n_bins)
-    what = "P(male)" if task != "age_group" else "top-class probability"
-    fig = reliability_diagram({f"{split} ({what})": table}, title=title, synthetic=synthetic)
-    return fig
-
-
-def subgroup_table(predictions: pd.DataFrame, columns: Sequence[str], *, task: str, split: str = "test") -> pd.DataFrame:
-    """:func:`facetransfer.stats.subgroup_metrics` of ``split`` for each column, stacked,
-    with the best-minus-worst ``gap`` of each column."""
-    from facetransfer import stats
-
-    part = predictions[predictions["split"] == split]
-    if task == "age":
-        kw = {"y_true": None, "y_pred": None, "age_true": "y_true", "age_pred": "y_pred"}
-    elif task == "age_gender":
-        kw = {"age_true": "age_true", "age_pred": "age_pred"}
-    elif task == "age_group":
-        kw = {"labels": tuple(range(len(ADIENCE_GROUPS)))}
-    else:
-        kw = {"prob": "prob"}
-    tables = []
-    for col in columns:
-        t = stats.subgroup_metrics(part, col, **kw)
-        metric = "mae" if task == "age" else "accuracy"
-        tables.append(t.assign(gap=t.attrs["gap"].get(metric)))
-    if not tables:
-        return pd.DataFrame(columns=["attribute", "group", "n", "accuracy", "acc_lo", "acc_hi", "gap"])
-    return pd.concat(tables, ignore_index=True)
+    table = calibration_of(part, task, n_bins=n_bins, n_boot=n_boot, unit=unit)
+    return reliability_diagram({f"{split} ({table.attrs['what']})": table}, title=title, synthetic=synthetic)
 
 
 def timing_table(result) -> pd.DataFrame:

@@ -384,7 +384,7 @@ def render_notebooks(study_dir: Path, report_dir: Path, *, title: str, synthetic
 
 
 def _num(value: Any, digits: int) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:  # NaN != NaN
         return "–"
     return f"{value:.{digits}f}"
 
@@ -524,28 +524,23 @@ def _runs_section(runs: list[dict], pages: Mapping[str, str], study_dir: Path) -
     return note + table
 
 
-def _reported_section(reported: list[dict], runs: list[dict]) -> str:
-    from facetransfer.study import matches
+def _reported_section(study_dir: Path, reported: list[dict]) -> str:
+    """Published figures vs ours: :func:`facetransfer.compare.reported_vs_reproduced`,
+    the same matching and the same intervals as 04_compare."""
+    from facetransfer import compare
 
+    table = compare.reported_vs_reproduced(compare.load_runs(study_dir), reported)
+    head = ["match", "run", "metric", "published", "published n", "ours", "ours CI", "ours − published", "CI", "verdict", "note", "source"]
     rows = []
-    for item in reported:
-        match = item.get("match") or {}
-        hits = [r for r in runs if r.get("params") and matches(r["params"], match)]
-        for metric, value in (item.get("metrics") or {}).items():
-            ours = []
-            for run in hits:
-                mine = _get(run.get("metrics"), metric)
-                ours.append(f"{e(str(run.get('name')))}: {_num(mine, 4)}" if mine is not None else f"{e(str(run.get('name')))}: –")
-            rows.append(
-                [
-                    e(", ".join(f"{k}={_fmt(v)}" for k, v in match.items())),
-                    e(metric),
-                    _num(value, 4),
-                    "<br>".join(ours) or '<span class="muted">no matching run</span>',
-                    e(str(item.get("source") or "")),
-                ]
-            )
-    return _table(["match", "metric", "reported", "this study", "source"], rows, numeric={2})
+    for r in table.itertuples(index=False):
+        digits = 2 if r.metric == "test.mae" else 4
+        rows.append([e(str(r.config)), e(str(r.Run)), e(str(r.metric)), _num(r.published, digits), e(str(r[6])),
+                     _num(r.ours, digits), e(str(r[8])), _num(r.difference, digits), e(str(r[10])), e(str(r.verdict)),
+                     e(str(r.note)), e(str(r.source))])
+    note = ('<p class="small">The interval of the difference holds our sampling error (per person where the test split has '
+            "persons) and the published figure's (from its test-set size; \"unknown\": not included). "
+            "Verdict: consistent when it holds 0, else higher / lower (ours vs published).</p>")
+    return note + _table(head, rows, numeric={3, 5, 7})
 
 
 def _provenance_section(runs: list[dict]) -> str:
@@ -643,7 +638,7 @@ def index_html(info: Mapping, study_dir: Path, pages: Mapping[str, str]) -> str:
     parts += ["<h2>Summary</h2>", f"<p>{summary}</p>", _stages_section(info, study_dir, pages)]
     parts += ["<h2>Runs</h2>", _runs_section(runs, pages, study_dir)]
     if info.get("reported"):
-        parts += ["<h2>Reported elsewhere vs this study</h2>", _reported_section(info["reported"], runs)]
+        parts += ["<h2>Reported elsewhere vs this study</h2>", _reported_section(study_dir, info["reported"])]
     parts += ["<h2>Data provenance</h2>", _provenance_section(runs)]
     parts += ["<h2>Environment</h2>", _environment_section(runs)]
     if others:

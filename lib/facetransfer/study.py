@@ -77,7 +77,7 @@ NOTEBOOKS = {
 }
 STUDY_KEYS = ("study", "title", "description", "stages", "defaults", "grid", "runs", "repeats", "search", "reported")
 GROUP_KEYS = ("name", "set", "grid", "use_search")
-REPORTED_KEYS = ("match", "metrics", "source")
+REPORTED_KEYS = ("match", "metrics", "source", "n_test")
 OVERRIDABLE_STUDY_KEYS = ("repeats", "stages", "title", "description")
 MAIN_GROUP = "main"
 MAX_RUNS = 1000
@@ -337,7 +337,10 @@ def _check_reported(value: Any) -> list[dict]:
         source = item.get("source", "")
         if not isinstance(source, str):
             raise ParamError(f"{where}.source", f"{source!r} is not a string")
-        out.append({"match": match, "metrics": metrics, "source": source})
+        n_test = item.get("n_test")
+        if n_test is not None and (isinstance(n_test, bool) or not isinstance(n_test, int) or n_test < 1):
+            raise ParamError(f"{where}.n_test", f"{n_test!r} must be the published test-set size, an integer >= 1 (leave it out when unknown)")
+        out.append({"match": match, "metrics": metrics, "source": source, **({"n_test": n_test} if n_test is not None else {})})
     return out
 
 
@@ -709,14 +712,19 @@ def dependencies(study: Study, run_ids: Sequence[str]) -> list[str]:
 
 
 def matches(run_params: Mapping, match: Mapping) -> bool:
-    """True when every dotted key of ``match`` has that value in ``run_params``."""
+    """THE rule tying a ``reported`` entry to runs (the report and 04_compare use it):
+    every key of ``match`` has that value in ``run_params`` (nested, or flat with dotted
+    keys; numbers compared as numbers, lists as lists). ``name`` matches the run of that
+    name or the runs of the study group of that name (their names are the group name
+    followed by the grid values and the seed); ``run_id`` the run."""
     for dotted, want in match.items():
-        have = P.get_dotted(run_params, dotted, None)
+        have = run_params[dotted] if dotted in run_params else P.get_dotted(run_params, dotted, None)
         if dotted == "name" and isinstance(have, str):
-            have = have if have == want else re.sub(r" seed=\d+$", "", have)
-        if isinstance(want, (int, float)) and isinstance(have, (int, float)) and not isinstance(want, bool):
+            if not (have == want or have.startswith(f"{want} ")):
+                return False
+        elif isinstance(want, (int, float)) and isinstance(have, (int, float)) and not isinstance(want, bool) and not isinstance(have, bool):
             if float(want) != float(have):
                 return False
-        elif have != want:
+        elif (list(have) if isinstance(have, (list, tuple)) else have) != (list(want) if isinstance(want, (list, tuple)) else want):
             return False
     return True
