@@ -213,7 +213,7 @@ def test_calibration_and_subgroups(study):
     frame = pd.DataFrame({"race": extra["race"], "ok": (prob >= 0.5).astype(int) == y})
     expected = frame.groupby("race")["ok"].mean()
     assert dict(zip(sub["group"], sub["accuracy"], strict=True)) == pytest.approx(expected.to_dict())
-    gap = sub.attrs["gaps"].set_index("metric").loc["accuracy"]
+    gap = compare.gap_table(sub).set_index("metric").loc["accuracy"]
     assert gap["gap"] == pytest.approx(expected.max() - expected.min()) and gap["lo"] < gap["gap"] < gap["hi"]
     bands = compare.subgroup_table(study["dir"] / "runs" / study["ids"]["A"], "age_band")
     assert bands["n"].sum() == N_TEST and set(bands["group"]) <= {"0-19", "20-29", "30-39", "40-49", "50-59", "60+"}

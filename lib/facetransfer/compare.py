@@ -733,6 +733,7 @@ def calibration_table(run, *, n_bins: int = 10) -> pd.DataFrame:
 
 
 AGE_BAND = "age_band"
+GAP_COLUMNS = ["attribute", "metric", "groups ranked", "best", "worst", "gap", "lo", "hi", "note"]
 ONE_CLASS = "n/a (one class)"
 
 
@@ -745,8 +746,9 @@ def subgroups(pred: pd.DataFrame, columns: Sequence[str], task: str, *, min_grou
     where the data has persons), f1_macro and auc (NaN with ``one_class`` True: the group
     holds one true class, so F1 and AUC are n/a and never enter a gap), mae with its
     interval for age outputs. Missing group values form the group "<missing>".
-    ``attrs["gaps"]``: one row per attribute and metric with the gap (best − worst over
-    the eligible groups) and its (cluster) bootstrap interval, or why there is none;
+    ``attrs["gaps"]`` (records; :func:`gap_table` makes them a table): one row per
+    attribute and metric with the gap (best − worst over the eligible groups) and its
+    (cluster) bootstrap interval (accuracy, MAE), or why there is none;
     ``attrs["unit"]`` the resampling unit. ``column`` may be ``"age_band"``: bands of 10
     years from the ``age`` (or ``age_true``) column.
     """
@@ -765,8 +767,9 @@ def subgroups(pred: pd.DataFrame, columns: Sequence[str], task: str, *, min_grou
     table = pd.DataFrame(rows, columns=["attribute", "group", "n", "persons", "status", "accuracy", "acc_lo", "acc_hi",
                                         "f1_macro", "auc", "one_class", "mae", "mae_lo", "mae_hi"])
     table = table.dropna(axis=1, how="all")
-    table.attrs.update(gaps=pd.DataFrame(gaps, columns=["attribute", "metric", "groups ranked", "best", "worst", "gap", "lo", "hi", "note"]),
-                       unit=the_unit.text, min_group=min_group, conf=conf)
+    # gaps as records: pandas compares attrs when it combines frames, and a DataFrame there cannot be compared
+    gap_rows = pd.DataFrame(gaps, columns=GAP_COLUMNS).to_dict("records")
+    table.attrs.update(gaps=gap_rows, unit=the_unit.text, min_group=min_group, conf=conf)
     return table
 
 
@@ -869,7 +872,7 @@ def subgroup_gaps(runs: pd.DataFrame, columns: Sequence[str] | None = None) -> p
             continue
         pred, task, _, evals = _ok_predictions(run)
         table = subgroups(pred, wanted, task, min_group=int(evals["min_group"]), n_boot=int(evals["bootstrap"]), unit=evals["unit"])
-        frames.append(table.attrs["gaps"].assign(run_id=run["run_id"], Run=run["label"], unit=table.attrs["unit"]))
+        frames.append(gap_table(table).assign(run_id=run["run_id"], Run=run["label"], unit=table.attrs["unit"]))
     columns_out = ["run_id", "Run", "unit", "attribute", "metric", "groups ranked", "best", "worst", "gap", "lo", "hi", "note"]
     return pd.concat(frames, ignore_index=True)[columns_out] if frames else pd.DataFrame(columns=columns_out)
 
@@ -894,9 +897,16 @@ def format_subgroups(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     return out
 
 
+def gap_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The gap rows of a :func:`subgroups` table as a table."""
+    return pd.DataFrame(table.attrs.get("gaps", []), columns=GAP_COLUMNS)
+
+
 def format_gaps(gaps: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
-    """Gap rows (:func:`subgroups` ``attrs["gaps"]`` or :func:`subgroup_gaps`) as display
-    strings: "0.120 [0.050, 0.190]", or an em dash with the reason in note."""
+    """Gap rows (:func:`gap_table` or :func:`subgroup_gaps`) as display strings:
+    "0.120 [0.050, 0.190]", or an em dash with the reason in note."""
+    if "gaps" in gaps.attrs:
+        gaps = gap_table(gaps)
     out = gaps.drop(columns=["gap", "lo", "hi", "run_id"], errors="ignore").copy()
     out.insert(out.columns.get_loc("best") if "best" in out else len(out.columns), "gap (95 % CI)",
                [_fmt_ci(r.gap, r.lo, r.hi, 2 if r.metric == "mae" else digits) for r in gaps.itertuples()])
@@ -905,9 +915,7 @@ def format_gaps(gaps: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
 
 def subgroup_summary(table: pd.DataFrame) -> str:
     """One line when no gap could be formed (every group too small or one-class), else ""."""
-    gaps = table.attrs.get("gaps")
-    if gaps is None or gaps.empty:
-        return ""
-    if gaps["gap"].notna().any() if "gap" in gaps else False:
+    gaps = gap_table(table)
+    if gaps.empty or gaps["gap"].notna().any():
         return ""
     return f"No subgroup gap: {'; '.join(f'{r.attribute} {r.metric}: {r.note}' for r in gaps.itertuples())}."
