@@ -10,6 +10,7 @@ import pytest
 from sklearn import metrics as skm
 
 from facetransfer import evaluate as E
+from facetransfer import metrics as M
 from facetransfer import params
 from facetransfer.data import PreparedData
 from facetransfer.errors import ParamError
@@ -24,46 +25,14 @@ def _binary(n=200, noise=0.3):
     return y, prob
 
 
-def test_binary_metrics_match_sklearn():
-    y, prob = _binary()
-    pred = (prob >= 0.5).astype(int)
-    assert E.accuracy(y, pred) == pytest.approx(skm.accuracy_score(y, pred))
-    np.testing.assert_array_equal(E.confusion_matrix(y, pred, 2), skm.confusion_matrix(y, pred, labels=[0, 1]))
-    prf = E.precision_recall_f1(y, pred, 2)
-    p, r, f, s = skm.precision_recall_fscore_support(y, pred, labels=[0, 1], zero_division=0)
-    np.testing.assert_allclose(prf["precision"], p)
-    np.testing.assert_allclose(prf["recall"], r)
-    np.testing.assert_allclose(prf["f1"], f)
-    np.testing.assert_array_equal(prf["support"], s)
-    assert E.f1_macro(y, pred, 2) == pytest.approx(skm.f1_score(y, pred, average="macro"))
-    assert E.roc_auc(y, prob) == pytest.approx(skm.roc_auc_score(y, prob))
-
-
-def test_roc_auc_with_ties_and_one_class():
-    y = np.array([0, 0, 1, 1, 0, 1, 1, 0])
-    score = np.array([0.1, 0.5, 0.5, 0.9, 0.5, 0.1, 0.7, 0.3])
-    assert E.roc_auc(y, score) == pytest.approx(skm.roc_auc_score(y, score))
-    assert E.roc_auc(np.ones(5), np.linspace(0, 1, 5)) is None
-
-
-def test_multiclass_metrics_match_sklearn():
+def test_classification_metrics_match_sklearn():
     y = RNG.integers(0, 8, 300)
     pred = np.where(RNG.random(300) < 0.6, y, RNG.integers(0, 8, 300))
-    labels = list(range(8))
-    np.testing.assert_array_equal(E.confusion_matrix(y, pred, 8), skm.confusion_matrix(y, pred, labels=labels))
-    assert E.f1_macro(y, pred, 8) == pytest.approx(skm.f1_score(y, pred, average="macro"))
-    m = E.classification_metrics(y, pred, E.AGE_GROUPS)
+    m = M.classification_metrics(y, pred, M.AGE_GROUPS, train_labels=y)
+    assert m["confusion_matrix"] == skm.confusion_matrix(y, pred, labels=list(range(8))).tolist()
+    assert m["f1_macro"] == pytest.approx(skm.f1_score(y, pred, average="macro"))
     assert m["precision_macro"] == pytest.approx(skm.precision_score(y, pred, average="macro", zero_division=0))
     assert m["recall_macro"] == pytest.approx(skm.recall_score(y, pred, average="macro", zero_division=0))
-    assert E.one_off_accuracy(y, pred) == pytest.approx(np.mean(np.abs(y - pred) <= 1))
-    assert E.one_off_accuracy([0, 3, 7], [1, 5, 7]) == pytest.approx(2 / 3)
-
-
-def test_mae_rmse_and_majority():
-    a, b = RNG.normal(40, 10, 100), RNG.normal(40, 10, 100)
-    assert E.mae(a, b) == pytest.approx(skm.mean_absolute_error(a, b))
-    assert E.rmse(a, b) == pytest.approx(np.sqrt(skm.mean_squared_error(a, b)))
-    assert E.majority_rate([0, 1, 1, 1]) == pytest.approx(0.75)
 
 
 def test_age_to_group_boundaries():
@@ -74,60 +43,52 @@ def test_age_to_group_boundaries():
 def test_gender_metrics_confusion_order_female_male():
     y = np.array([0, 0, 0, 1, 1])  # 3 female, 2 male
     prob = np.array([0.1, 0.2, 0.9, 0.8, 0.3])
-    m = E.gender_metrics(y, prob)
+    m = M.gender_metrics(y, prob, train_labels=[0, 1, 1])
     # rows = true (female, male); cols = predicted (female, male)
-    assert m["confusion_matrix"] == [[2, 1], [1, 1]]
-    assert m["classes"] == ["female", "male"]
-    assert m["support"] == {"female": 3, "male": 2}
-    assert m["accuracy"] == pytest.approx(0.6)
+    assert m["confusion_matrix"] == [[2, 1], [1, 1]] and m["classes"] == ["female", "male"]
+    assert m["support"] == {"female": 3, "male": 2} and m["accuracy"] == pytest.approx(0.6)
 
 
-def test_degenerate_flag_on_constant_predictor():
+def test_degenerate_baseline_comes_from_the_training_labels():
+    """Test split 60 % female, training split 80 % male: always predicting "male" (the
+    training majority) scores 0.40; a model at 0.55 beats that baseline."""
     y = np.array([0] * 60 + [1] * 40)
-    m = E.gender_metrics(y, np.full(100, 0.2))
-    assert m["degenerate"] is True
-    assert "class 0" in m["degenerate_reason"]
-    good = E.gender_metrics(y, np.where(y == 1, 0.9, 0.1))
-    assert good["degenerate"] is False and good["degenerate_reason"] is None
-    assert good["accuracy"] == 1.0 and good["auc"] == 1.0
+    pred = np.where(np.arange(100) < 55, y, 1 - y)
+    train = np.array([1] * 80 + [0] * 20)
+    m = M.classification_metrics(y, pred, M.GENDER_CLASSES, train_labels=train)
+    assert m["baseline"]["class"] == "male" and m["baseline"]["accuracy"] == pytest.approx(0.40)
+    assert m["baseline"]["train_share"] == pytest.approx(0.8) and not m["degenerate"]
+    worse = M.classification_metrics(y, np.tile([0, 1], 50), M.GENDER_CLASSES, train_labels=np.zeros(10))  # 0.50 vs always female 0.60
+    assert worse["degenerate"] and "training majority" in worse["degenerate_reason"]
+    constant = M.gender_metrics(y, np.full(100, 0.2), train_labels=train)
+    assert constant["degenerate"] and "predicts female for 100.0%" in constant["degenerate_reason"]
 
 
-def test_degenerate_when_not_beating_majority():
-    y = np.array([0] * 70 + [1] * 30)
-    pred = np.concatenate([np.zeros(40), np.ones(30), np.zeros(30)])  # accuracy 0.4
-    flag, reason = E.degenerate(y, pred, 2)
-    assert flag and "majority rate" in reason
-
-
-def test_skewed_truth_is_not_degenerate_when_predicted_right():
-    y = np.array([0] * 97 + [1] * 3)
-    flag, _ = E.degenerate(y, y, 2)
-    assert not flag
-
-
-def test_age_metrics_and_baseline():
+def test_age_head_degenerate_against_the_median_training_age():
     y = RNG.uniform(1, 90, 200)
-    m = E.age_metrics(y, y + RNG.normal(0, 2, 200))
-    assert m["mae"] < m["baseline_mae"] and not m["degenerate"]
-    assert len(m["confusion_matrix"]) == 8 and 0 <= m["accuracy"] <= 1
-    flat = E.age_metrics(y, np.full(200, 45.0))
-    assert flat["degenerate"] is True
+    train = RNG.uniform(20, 40, 500)
+    good = M.age_metrics(y, y + RNG.normal(0, 2, 200), train_ages=train)
+    assert not good["degenerate"] and good["baseline"]["median_age"] == pytest.approx(np.median(train))
+    assert good["baseline"]["mae"] == pytest.approx(skm.mean_absolute_error(y, np.full(200, np.median(train))))
+    flat = M.age_metrics(y, np.full(200, 45.0), train_ages=train)
+    assert flat["degenerate"] and "nearly constant" in flat["degenerate_reason"]
 
 
-def test_task_metrics_age_gender_layout():
-    yg, prob = _binary(50)
-    ya = RNG.uniform(1, 80, 50)
-    m = E.task_metrics("age_gender", {"gender": yg, "age": ya}, {"gender": prob[:, None], "age": (ya + 3)[:, None]})
-    assert m["accuracy"] == m["outputs"]["gender"]["accuracy"]
-    assert m["mae"] == pytest.approx(3.0)
-    assert m["outputs"]["age"]["mae"] == pytest.approx(3.0)
+def test_age_gender_run_is_degenerate_when_its_age_head_collapsed():
+    yg, prob = _binary(80)
+    ya = RNG.uniform(1, 80, 80)
+    train = {"gender": yg, "age": ya}
+    ok = M.task_metrics("age_gender", {"gender": yg, "age": ya}, {"gender": prob[:, None], "age": (ya + 3)[:, None]}, train)
+    assert ok["mae"] == pytest.approx(3.0) and ok["outputs"]["age"]["mae"] == pytest.approx(3.0) and not ok["degenerate"]
+    collapsed = M.task_metrics("age_gender", {"gender": yg, "age": ya}, {"gender": prob[:, None], "age": np.full((80, 1), 30.0)}, train)
+    assert collapsed["degenerate"] and collapsed["degenerate_reason"].startswith("age head:")
     with pytest.raises(ParamError, match="task"):
-        E.task_metrics("height", {}, {})
+        M.task_metrics("height", {}, {}, {})
 
 
 def test_non_finite_outputs_are_degenerate():
     y = np.array([0, 1, 0, 1])
-    m = E.task_metrics("gender", {"gender": y}, {"gender": np.array([0.1, np.nan, 0.2, 0.9])})
+    m = M.task_metrics("gender", {"gender": y}, {"gender": np.array([0.1, np.nan, 0.2, 0.9])}, {"gender": y})
     assert m["degenerate"] and "1 non-finite" in m["degenerate_reason"]
 
 
@@ -151,6 +112,7 @@ def _data(task, *, n=30, with_val=True):
     records = pd.DataFrame({
         "path": [f"/tiny/{i}.png" for i in order], "gender": rng.integers(0, 2, n), "age": age,
         "age_group": E.age_to_group(age), "race": rng.choice(["a", "b"], n), "split": split, "row": order,
+        "subject": [f"person{i % 12}" for i in range(n)],
     })
     cache = ImageCache(key="t", images=images, paths=[f"/tiny/{i}.png" for i in range(n)], skipped=[], hit=True, seconds=0.0, size=8, crop="center")
     ds = SimpleNamespace(name="folder", root=Path("/tiny"), synthetic=True, layout="test", records=records, skipped=[])
@@ -188,15 +150,16 @@ def test_evaluate_run_gender_predictions_line_up_with_records():
     cfg, data = _data("gender")
     ev = E.evaluate_run(_known_model("gender"), data, cfg, verbose=0)
     pred = ev.predictions
-    assert list(pred.columns[:7]) == ["path", "split", "row", "y_true", "prob", "y_pred", "correct"]
+    assert list(pred.columns[:8]) == ["path", "split", "row", "subject", "y_true", "prob", "y_pred", "correct"]
     assert "race" in pred and list(pred["split"].unique()) == ["val", "test"]
     expected = 1 / (1 + np.exp(-(6.0 * _mean_red(data, pred["path"]) - 3.0)))
     np.testing.assert_allclose(pred["prob"], expected, rtol=1e-4)
     truth = data.records.set_index("path").loc[pred["path"]]
     np.testing.assert_array_equal(pred["y_true"], truth["gender"])
     np.testing.assert_array_equal(pred["race"], truth["race"])
+    np.testing.assert_array_equal(pred["subject"], truth["subject"])  # the unit of the person-level intervals
     test = pred[pred["split"] == "test"]
-    assert ev.metrics["test"] == E.gender_metrics(test["y_true"], test["prob"])
+    assert ev.metrics["test"] == M.gender_metrics(test["y_true"], test["prob"], data.targets("train")["gender"])
     assert ev.metrics["val"]["n"] == 10
 
 

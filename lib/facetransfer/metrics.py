@@ -258,8 +258,10 @@ def task_metrics(task: str, y_true: dict, y_pred: dict, train: dict) -> dict:
     name); ``train``: the TRAINING split's labels, keyed the same way (the baselines of
     the degenerate rule). An ``age_gender`` run is degenerate when either head is, and
     non-finite outputs (a diverged model) make any split degenerate."""
-    metrics = _task_metrics(task, y_true, y_pred, train)
     bad = sum(int((~np.isfinite(np.asarray(v, dtype=np.float64))).sum()) for v in y_pred.values())
+    # scikit-learn refuses NaN: score the finite part as 0 and flag the split (the reason says why)
+    finite = {k: np.nan_to_num(np.asarray(v, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0) for k, v in y_pred.items()}
+    metrics = _task_metrics(task, y_true, finite, train)
     if bad:
         metrics["degenerate"] = True
         metrics["degenerate_reason"] = f"{bad} non-finite model outputs (did training diverge?)"
