@@ -152,6 +152,8 @@ def test_subgroup_table_small_groups_one_class_and_gap_interval():
     ranked = table[(table["attribute"] == "group") & (table["status"] == "ranked")]
     acc = gaps.loc[("group", "accuracy")]
     assert acc["gap"] == pytest.approx(ranked["accuracy"].max() - ranked["accuracy"].min()) and acc["lo"] <= acc["gap"] <= acc["hi"]
+    f1 = gaps.loc[("group", "f1_macro")]
+    assert f1["gap"] == pytest.approx(ranked["f1_macro"].max() - ranked["f1_macro"].min()) and f1["lo"] <= f1["gap"] <= f1["hi"]
     assert "one class" in gaps.loc[("Heavy_Makeup", "auc"), "note"] and math.isnan(gaps.loc[("Heavy_Makeup", "auc"), "gap"])
     assert table.attrs["unit"].startswith("per person")
 
@@ -168,3 +170,21 @@ def test_mean_std_and_t_interval():
     assert stats.mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0, 3)
     assert stats.t_interval([1.0, 2.0, 3.0]) == pytest.approx(sps.t.interval(0.95, 2, loc=2.0, scale=1 / math.sqrt(3)))
     assert stats.format_mean_std([0.5]) == "0.500 (n=1)"
+
+
+def test_resampled_metrics_equal_scikit_learn_on_every_resample(binary):
+    """The vectorised bootstrap forms give scikit-learn's number for every weighted resample."""
+    y, prob, pred = binary
+    rng = np.random.default_rng(5)
+    weights = rng.multinomial(len(y), np.full(len(y), 1 / len(y)), size=25)
+    f1 = metrics.f1_macro_resampled(y, pred, weights)
+    auc = metrics.roc_auc_resampled(y, np.round(prob, 1), weights)  # rounded: ties
+    ece = metrics.ece_resampled(y, prob, weights, 5)
+    for i, w in enumerate(weights):
+        rows = np.repeat(np.arange(len(y)), w)
+        assert f1[i] == pytest.approx(skm.f1_score(y[rows], pred[rows], average="macro"))
+        assert auc[i] == pytest.approx(skm.roc_auc_score(y[rows], np.round(prob, 1)[rows]))
+        assert ece[i] == pytest.approx(metrics.expected_calibration_error(y[rows], prob[rows], 5))
+    fast = stats.bootstrap(metrics.f1_macro, y, pred, n_boot=40, seed=2, resampled=metrics.f1_macro_resampled)
+    slow = stats.bootstrap(metrics.f1_macro, y, pred, n_boot=40, seed=2)
+    assert tuple(fast) == pytest.approx(tuple(slow)) and fast.p_value == pytest.approx(slow.p_value)

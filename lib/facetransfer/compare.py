@@ -225,12 +225,12 @@ def _metrics_from_predictions(pred: pd.DataFrame, task: str, unit: stats.Unit, n
         acc = stats.proportion(y_true == y_pred, unit, n_boot=n_boot, conf=conf, seed=seed)
         out["accuracy"], out["acc_lo"], out["acc_hi"] = acc
         out["precision"], out["recall"] = metrics.macro_precision_recall(y_true, y_pred)
-        f1 = stats.bootstrap(metrics.f1_macro, y_true, y_pred, **kw)
+        f1 = stats.bootstrap(metrics.f1_macro, y_true, y_pred, resampled=metrics.f1_macro_resampled, **kw)
         out["f1"], out["f1_lo"], out["f1_hi"] = f1
         notes.append(_bootstrap_note("F1", f1))
         if cols["prob"] is not None:
             prob = pred[cols["prob"]].to_numpy(dtype=float)
-            auc = stats.bootstrap(metrics.roc_auc, y_true, prob, **kw)
+            auc = stats.bootstrap(metrics.roc_auc, y_true, prob, resampled=metrics.roc_auc_resampled, **kw)
             out["auc"], out["auc_lo"], out["auc_hi"] = auc
             notes.append(_bootstrap_note("AUC", auc))
     if cols["age_true"] is not None:
@@ -488,7 +488,8 @@ def _test_sets(runs: pd.DataFrame) -> tuple[list[list[tuple]], list[dict]]:
 
 
 def _paired_metrics(pa: pd.DataFrame, pb: pd.DataFrame, task_a: str, task_b: str) -> dict:
-    """{metric: (statistic or None for a mean, arrays of a, arrays of b)} both runs have."""
+    """{metric: (statistic or None for a mean, arrays of a, arrays of b, its resampled form)}
+    for the metrics both runs have."""
     ca, cb = prediction_columns(pa, task_a), prediction_columns(pb, task_b)
     out = {}
     if ca["kind"] is not None and ca["kind"] == cb["kind"]:
@@ -496,14 +497,15 @@ def _paired_metrics(pa: pd.DataFrame, pb: pd.DataFrame, task_a: str, task_b: str
         if not np.array_equal(ta, tb):
             raise FacetransferError("two runs give different labels to the same test images; their data differ")
         ya, yb = pa[ca["y_pred"]].to_numpy(), pb[cb["y_pred"]].to_numpy()
-        out["accuracy"] = (None, ((ta == ya).astype(float),), ((tb == yb).astype(float),))
-        out["F1"] = (metrics.f1_macro, (ta, ya), (tb, yb))
+        out["accuracy"] = (None, ((ta == ya).astype(float),), ((tb == yb).astype(float),), None)
+        out["F1"] = (metrics.f1_macro, (ta, ya), (tb, yb), metrics.f1_macro_resampled)
         if ca["prob"] is not None and cb["prob"] is not None:
-            out["AUC"] = (metrics.roc_auc, (ta, pa[ca["prob"]].to_numpy(dtype=float)), (tb, pb[cb["prob"]].to_numpy(dtype=float)))
+            out["AUC"] = (metrics.roc_auc, (ta, pa[ca["prob"]].to_numpy(dtype=float)), (tb, pb[cb["prob"]].to_numpy(dtype=float)),
+                          metrics.roc_auc_resampled)
     if ca["age_true"] is not None and cb["age_true"] is not None:
         ea = (pa[ca["age_true"]] - pa[ca["age_pred"]]).abs().to_numpy(dtype=float)
         eb = (pb[cb["age_true"]] - pb[cb["age_pred"]]).abs().to_numpy(dtype=float)
-        out["MAE"] = (None, (ea,), (eb,))
+        out["MAE"] = (None, (ea,), (eb,), None)
     return out
 
 
@@ -526,13 +528,13 @@ def paired_comparisons(runs: pd.DataFrame, *, n_boot: int | None = None, conf: f
         for i in range(len(members)):
             for j in range(i + 1, len(members)):
                 (ra, pa), (rb, pb) = members[i], members[j]
-                for metric, (statistic, arrays_a, arrays_b) in _paired_metrics(pa, pb, ra["task"], rb["task"]).items():
+                for metric, (statistic, arrays_a, arrays_b, resampled) in _paired_metrics(pa, pb, ra["task"], rb["task"]).items():
                     kw = {"unit": unit, "n_boot": boots, "conf": conf, "seed": seed}
                     if statistic is None:
                         ci = stats.bootstrap(None, arrays_a[0] - arrays_b[0], **kw)
                         value_a, value_b = float(arrays_a[0].mean()), float(arrays_b[0].mean())
                     else:
-                        ci = stats.paired(statistic, arrays_a, arrays_b, **kw)
+                        ci = stats.paired(statistic, arrays_a, arrays_b, resampled=resampled, **kw)
                         value_a, value_b = statistic(*arrays_a), statistic(*arrays_b)
                     rows.append({"test_set": number, "metric": metric, "a": ra["label"], "b": rb["label"], "unit": unit.text,
                                  "n": len(pa), "a value": value_a, "b value": value_b, "difference": ci.point, "lo": ci.lo,
@@ -718,8 +720,8 @@ def calibration(pred: pd.DataFrame, task: str, *, n_bins: int = 10, n_boot: int 
     y_true = pred[cols["y_true"]].to_numpy()
     table = metrics.calibration_table(y_true, prob, n_bins)
     the_unit = test_unit(pred, unit)
-    ece = stats.bootstrap(lambda t, p: metrics.expected_calibration_error(t, p, n_bins), y_true, prob,
-                          unit=the_unit, n_boot=n_boot, conf=conf, seed=seed)
+    ece = stats.bootstrap(lambda t, p: metrics.expected_calibration_error(t, p, n_bins), y_true, prob, unit=the_unit,
+                          n_boot=n_boot, conf=conf, seed=seed, resampled=lambda t, p, weights: metrics.ece_resampled(t, p, weights, n_bins))
     table.attrs.update(ece=ece.point, ece_lo=ece.lo, ece_hi=ece.hi, unit=the_unit.text, what=what, conf=conf)
     return table
 
@@ -814,16 +816,16 @@ def _gaps(pred, labels, column, cols, unit, min_group, rows, kw) -> list[dict]:
     specs = []
     if cols["kind"] is not None:
         y_true, y_pred = pred[cols["y_true"]].to_numpy(), pred[cols["y_pred"]].to_numpy()
-        specs.append(("accuracy", None, ((y_true == y_pred).astype(float),), False, ranked))
+        specs.append(("accuracy", None, ((y_true == y_pred).astype(float),), ranked))
         two = ranked[~ranked["one_class"].astype(bool)]
-        specs.append(("f1_macro", metrics.f1_macro, (y_true, y_pred), True, two))
+        specs.append(("f1_macro", metrics.f1_macro_resampled, (y_true, y_pred), two))
         if cols["prob"] is not None:
-            specs.append(("auc", metrics.roc_auc, (y_true, pred[cols["prob"]].to_numpy(dtype=float)), True, two))
+            specs.append(("auc", metrics.roc_auc_resampled, (y_true, pred[cols["prob"]].to_numpy(dtype=float)), two))
     if cols["age_true"] is not None:
         error = (pred[cols["age_true"]] - pred[cols["age_pred"]]).abs().to_numpy(dtype=float)
-        specs.append(("mae", None, (error,), False, ranked))
+        specs.append(("mae", None, (error,), ranked))
     codes = labels.to_numpy()
-    for metric, statistic, arrays, needs_two, eligible in specs:
+    for metric, statistic, arrays, eligible in specs:
         row = {"attribute": column, "metric": metric, "groups ranked": len(eligible)}
         if len(eligible) < 2:
             small = int((table["status"] != "ranked").sum())
@@ -834,20 +836,25 @@ def _gaps(pred, labels, column, cols, unit, min_group, rows, kw) -> list[dict]:
         best = eligible.sort_values(metric, ascending=metric == "mae", kind="stable")
         names = eligible["group"].tolist()
 
-        def spread(group_codes, *arrs, statistic=statistic, names=names, needs_two=needs_two):
-            values = []
+        def spread(group_codes, *arrs, weights, statistic=statistic, names=names):
+            """Best − worst of the groups' scores in every resample (rows of ``weights``); a
+            resample where a group lost a class or all its images is undefined (NaN)."""
+            scores = []
             for name in names:
                 mask = group_codes == name
-                if needs_two and metrics.one_class(arrs[0][mask]):
-                    return math.nan  # a resample where a group lost a class: its F1/AUC is undefined
-                values.append(statistic(*(a[mask] for a in arrs)) if mask.any() else math.nan)
-            return max(values) - min(values)
+                truth = arrs[0][mask]
+                w = weights[:, mask]
+                both = (w @ (truth == truth.max()) > 0) & (w @ (truth != truth.max()) > 0)
+                scores.append(np.where(both, statistic(*(a[mask] for a in arrs), weights=w), np.nan))
+            scores = np.vstack(scores)
+            return scores.max(axis=0) - scores.min(axis=0)
 
         if statistic is None:
             ci = stats.mean_gap(arrays[0], codes, names, unit=unit, **kw)
-        else:  # F1 / AUC gaps: the point only (a bootstrap of per-group scikit-learn scores costs seconds per column)
-            ci = stats.BootstrapCI(spread(codes, *arrays), math.nan, math.nan, n_used=0, n_boot=0, conf=kw["conf"], unit=unit.text)
-        note = _bootstrap_note("gap", ci) or ("" if statistic is None else "interval for the accuracy and MAE gaps only")
+        else:
+            point = spread(codes, *arrays, weights=np.ones((1, len(codes))))[0]
+            ci = stats.bootstrap(lambda *arrs, p=point: p, codes, *arrays, unit=unit, resampled=spread, **kw)
+        note = _bootstrap_note("gap", ci) or ""
         row.update(best=best["group"].iloc[0], worst=best["group"].iloc[-1], gap=ci.point, lo=ci.lo, hi=ci.hi, note=note)
         out.append(row)
     return out

@@ -288,3 +288,55 @@ def macro_precision_recall(y_true, y_pred) -> tuple[float, float]:
     """Macro precision and recall over the classes present (undefined per-class values count 0)."""
     precision, recall, _, _ = skm.precision_recall_fscore_support(_labels(y_true), _labels(y_pred), average="macro", zero_division=0)
     return float(precision), float(recall)
+
+
+# ---------------------------------------------------------------- many resamples at once
+# scikit-learn scores one weighting per call (about a millisecond each, more under load); a
+# bootstrap needs a thousand, so these score a (B, n) matrix of resample counts in one pass.
+# They equal f1_score / roc_auc_score with sample_weight=row (tests/test_stats.py checks it).
+def f1_macro_resampled(y_true, y_pred, weights) -> np.ndarray:
+    """Macro F1 per row of ``weights`` (B, n): scikit-learn's ``f1_score(average="macro",
+    zero_division=0)`` on each weighted resample (classes present in it)."""
+    y_true, y_pred = _labels(y_true), _labels(y_pred)
+    weights = np.asarray(weights, dtype=np.float64)
+    total = np.zeros(len(weights))
+    present = np.zeros(len(weights))
+    for c in np.union1d(y_true, y_pred):
+        tp = weights @ ((y_true == c) & (y_pred == c))
+        support_plus_predicted = weights @ ((y_true == c).astype(np.float64) + (y_pred == c))
+        here = support_plus_predicted > 0
+        total += np.where(here, 2 * tp / np.where(here, support_plus_predicted, 1), 0.0)
+        present += here
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(present > 0, total / present, np.nan)
+
+
+def roc_auc_resampled(y_true, prob, weights) -> np.ndarray:
+    """ROC-AUC per row of ``weights`` (B, n) (ties count half, as ``roc_auc_score``);
+    NaN where a resample holds one class."""
+    from scipy import sparse
+
+    y_true = _labels(y_true) == 1
+    levels, level = np.unique(np.asarray(prob, dtype=np.float64).ravel(), return_inverse=True)
+    n, k = len(level), len(levels)
+    weights = np.asarray(weights, dtype=np.float64)
+    pos = weights @ sparse.csr_matrix((y_true.astype(np.float64), (np.arange(n), level)), shape=(n, k))
+    neg = weights @ sparse.csr_matrix(((~y_true).astype(np.float64), (np.arange(n), level)), shape=(n, k))
+    below = np.cumsum(neg, axis=1) - neg
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = np.sum(pos * (below + 0.5 * neg), axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
+    return np.where(np.isfinite(auc), auc, np.nan)
+
+
+def ece_resampled(y_true, prob, weights, n_bins: int = 10) -> np.ndarray:
+    """Expected calibration error per row of ``weights`` (B, n), binned as
+    :func:`calibration_table`: sum over bins of |hits − confidence sum| / N."""
+    confidence, hit = _confidence_and_hit(y_true, prob)
+    which = np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1)[1:-1], confidence)
+    weights = np.asarray(weights, dtype=np.float64)
+    gaps = np.zeros((len(weights), n_bins))
+    for b in np.unique(which):
+        inside = which == b
+        gaps[:, b] = np.abs(weights[:, inside] @ (hit[inside] - confidence[inside]))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return gaps.sum(axis=1) / weights.sum(axis=1)

@@ -134,8 +134,11 @@ def _summarise(point: float, values: np.ndarray, n_boot: int, conf: float, unit_
     return BootstrapCI(point, lo, hi, n_used=int(used.size), n_boot=n_boot, conf=conf, p_value=min(1.0, p), unit=unit_text)
 
 
+CHUNK = 100  # resamples scored at once by a ``resampled`` statistic (bounds the (chunk, n) weights)
+
+
 def bootstrap(statistic: Callable[..., float] | None, *arrays, unit: Unit | None = None, n_boot: int = 1000,
-              conf: float = 0.95, seed: int = 0) -> BootstrapCI:
+              conf: float = 0.95, seed: int = 0, resampled: Callable[..., np.ndarray] | None = None) -> BootstrapCI:
     """Percentile bootstrap interval of ``statistic(*arrays)``, resampling ``unit``
     (default: every row its own unit) with the same draw for every array (paired).
 
@@ -144,6 +147,9 @@ def bootstrap(statistic: Callable[..., float] | None, *arrays, unit: Unit | None
     computed without materialising the resamples. A resample where the statistic is
     undefined (NaN, e.g. AUC of a one-class resample) is skipped and counted in
     ``n_used``. ``p_value``: two-sided test of "the statistic is 0". Same seed → same result.
+    ``resampled(*arrays, weights)``: the statistic of every row of a (B, n) matrix of draw
+    counts at once (:func:`facetransfer.metrics.f1_macro_resampled`), the same numbers as
+    calling ``statistic`` on each resample, a thousand times faster.
     """
     _check_conf(conf)
     _check_n_boot(n_boot)
@@ -169,6 +175,9 @@ def bootstrap(statistic: Callable[..., float] | None, *arrays, unit: Unit | None
         sizes = np.bincount(unit.codes, minlength=unit.n_units)
         with np.errstate(invalid="ignore", divide="ignore"):
             boots = (counts @ sums) / (counts @ sizes)
+    elif resampled is not None:
+        boots = np.concatenate([resampled(*arrays, weights=counts[start:start + CHUNK][:, unit.codes])
+                                for start in range(0, n_boot, CHUNK)])
     else:
         rows = np.arange(n)
         boots = np.empty(n_boot)
@@ -178,11 +187,16 @@ def bootstrap(statistic: Callable[..., float] | None, *arrays, unit: Unit | None
     return _summarise(point, boots, int(n_boot), conf, unit.text)
 
 
-def paired(statistic: Callable[..., float], arrays_a: Sequence, arrays_b: Sequence, **kw) -> BootstrapCI:
+def paired(statistic: Callable[..., float], arrays_a: Sequence, arrays_b: Sequence, *,
+           resampled: Callable[..., np.ndarray] | None = None, **kw) -> BootstrapCI:
     """``statistic(*arrays_a) - statistic(*arrays_b)`` on the same test images, with the
     paired (cluster) bootstrap interval and p-value of :func:`bootstrap` (same keywords)."""
     k = len(arrays_a)
-    return bootstrap(lambda *arrs: statistic(*arrs[:k]) - statistic(*arrs[k:]), *arrays_a, *arrays_b, **kw)
+    both = None
+    if resampled is not None:
+        def both(*arrs, weights):
+            return resampled(*arrs[:k], weights=weights) - resampled(*arrs[k:], weights=weights)
+    return bootstrap(lambda *arrs: statistic(*arrs[:k]) - statistic(*arrs[k:]), *arrays_a, *arrays_b, resampled=both, **kw)
 
 
 def wilson_ci(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
