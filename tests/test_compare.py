@@ -268,7 +268,7 @@ def test_aggregate_repeats_and_folds(tmp_path, over):
             acc = float(rng.uniform(0.8, 0.95))
             accs.append(acc)
             write_run(study_dir, params, predictions=False, seconds=10.0 + k,
-                      test_metrics={"accuracy": acc, "f1_macro": acc - 0.01, "confusion_matrix": [[1, 0], [0, 1]]})
+                      test_metrics={"accuracy": acc, "f1_macro": acc - 0.01, "confusion_matrix": [[10 * (k + 1), 0], [0, 10]]})
         expected[backbone] = accs
     if over == "seed":  # a failed repeat is counted, not averaged
         write_run(study_dir, make_params(seed=9, model={"backbone": "vgg16"}), status="failed")
@@ -281,6 +281,11 @@ def test_aggregate_repeats_and_folds(tmp_path, over):
         assert r["Accuracy std"] == pytest.approx(np.std(accs, ddof=1))
         assert r["Training time (s) mean"] == pytest.approx(11.0)
         assert r["Accuracy"].endswith("(n=3)")
+        assert (r["Accuracy lo"], r["Accuracy hi"]) == pytest.approx(sps.t.interval(0.95, 2, loc=np.mean(accs), scale=sps.sem(accs)))
+        if over == "data.split.test_fold":  # folds of 20, 30, 40 test images: the pooled mean beside the plain one
+            assert r["Accuracy weighted"] == pytest.approx(np.average(accs, weights=[20, 30, 40]))
+        else:
+            assert "Accuracy weighted" not in r or pd.isna(r["Accuracy weighted"])
     not_ok = dict(zip(table["config"], table["n_not_ok"], strict=True))
     assert not_ok == {"model.backbone=vgg16": int(over == "seed"), "model.backbone=resnet50v2": 0}
     with pytest.raises(FacetransferError, match="not a run param"):
@@ -310,3 +315,50 @@ def test_age_group_run_multiclass_calibration(tmp_path):
     assert math.isnan(r["auc"])
     cal = compare.calibration_table(row(runs, rid))
     assert cal.attrs["ece"] == pytest.approx(metrics.expected_calibration_error(y, prob))
+
+
+def test_paired_comparisons_every_metric_per_person_with_holm(tmp_path):
+    """Three gender runs and two age runs on the same test images of 40 persons: every pair,
+    every metric, resampling persons; Holm over the pairs of each metric (statsmodels)."""
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(7)
+    n = 200
+    y = rng.integers(0, 2, n)
+    subject = np.repeat(np.arange(40), 5)
+    study_dir = tmp_path / "pairs"
+    for k, quality in enumerate((0.9, 0.85, 0.6)):
+        correct = rng.random(n) < quality
+        prob = np.where(correct == (y == 1), 0.55 + 0.45 * rng.random(n), 0.45 * rng.random(n))
+        write_run(study_dir, make_params(seed=k), y_true=y, prob=prob, extra={"subject": subject})
+    ages = rng.uniform(1, 80, n)
+    for k, noise in enumerate((3.0, 9.0)):
+        params = resolve_run({"task": "age", "seed": k, "data": {"dataset": "utkface", "synthetic": {"n": 300}}, "eval": {"bootstrap": 200}})
+        frame = pd.DataFrame({"path": [f"/a/{i}" for i in range(n)], "split": "test", "y_true": ages, "y_pred": ages + rng.normal(0, noise, n)})
+        atomic_write_csv(study_dir / "runs" / run_id(params) / "predictions.csv", frame)
+        atomic_write_json(study_dir / "runs" / run_id(params) / "metrics.json", {"run_id": run_id(params), "status": "ok", "params": params, "test": {}})
+    table = compare.paired_comparisons(compare.load_runs(study_dir))
+    gender = table[table["metric"] != "MAE"]
+    assert sorted(gender["metric"].value_counts().items()) == [("AUC", 3), ("F1", 3), ("accuracy", 3)]
+    assert (gender["unit"] == "per person, 40 persons").all()
+    mae = table[table["metric"] == "MAE"].iloc[0]
+    assert mae["unit"] == "per image: no identities" and mae["lo"] <= mae["difference"] <= mae["hi"]
+    assert mae["difference"] == pytest.approx(mae["a value"] - mae["b value"])
+    for _, part in table.groupby("metric"):
+        assert part["p_holm"].to_numpy() == pytest.approx(multipletests(part["p_value"], method="holm")[1])
+    acc = gender[gender["metric"] == "accuracy"]
+    assert acc["difference"].to_numpy() == pytest.approx((acc["a value"] - acc["b value"]).to_numpy())
+    assert acc["p_holm"].min() < 0.05 and acc["verdict"].str.contains("is better").any()  # the 0.6 run is worse
+    shown = compare.format_paired(table)
+    assert not shown.astype(str).apply(lambda c: c.str.contains("nan|None")).any().any()
+    mcnemar = compare.pairwise_mcnemar(study_dir)
+    assert mcnemar.empty and all("McNemar assumes independent images" in e["reason"] for e in mcnemar.attrs["excluded"] if "McNemar" in e["reason"])
+
+
+def test_person_level_statistics_asked_for_without_identities_say_so(tmp_path):
+    study_dir = tmp_path / "noid"
+    y = np.random.default_rng(3).integers(0, 2, 60)
+    rid = write_run(study_dir, make_params(eval={"unit": "person", "bootstrap": 50}), y_true=y, prob=np.where(y == 1, 0.8, 0.3))
+    r = row(compare.comparison_table(compare.load_runs(study_dir)), rid)
+    assert r["unit"] == "per image: no identities"
+    assert "person-level statistics asked for (eval.unit: person), but no identities" in r["note"]
