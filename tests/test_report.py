@@ -131,8 +131,10 @@ def test_provenance_environment_and_reported(rendered):
     assert "unreadable image: 2" in text and "missing label: 1" in text
     assert "<td>celeba" in text and "/data/celeba" in text
     assert "3.15.1" in text and "CPU:0" in text
-    section = text[text.index("Reported elsewhere") :]
-    assert "0.9397" in section and "report A" in section and "main lr=0.001: 0.9125" in section
+    section = text[text.index("Reported elsewhere") : text.index("Data provenance")]
+    assert "0.9397" in section and "report A" in section and "main lr=0.001" in section and "0.9125" in section
+    # no predictions.csv and no confusion matrix: no interval, said so (the same table as 04_compare)
+    assert "no interval" in section and "unknown" in section and "nan" not in section.lower()
 
 
 def test_stage_status_and_links_resolve(rendered):

@@ -250,9 +250,9 @@ def _metrics_from_json(row: pd.Series, conf: float) -> dict:
         if n:
             out["accuracy"] = k / n
             out["acc_lo"], out["acc_hi"] = stats.wilson_ci(k, n, conf)
-    for src, dst in (("test.precision_macro", "precision"), ("test.recall_macro", "recall"), ("test.f1_macro", "f1"),
-                     ("test.auc", "auc"), ("test.mae", "mae")):
-        if _present(row.get(src)):
+    for src, dst in (("test.accuracy", "accuracy"), ("test.precision_macro", "precision"), ("test.recall_macro", "recall"),
+                     ("test.f1_macro", "f1"), ("test.auc", "auc"), ("test.mae", "mae")):
+        if dst not in out and _present(row.get(src)):
             out[dst] = float(row[src])
     out["note"] = "; ".join(notes)
     return out
