@@ -188,3 +188,9 @@ def test_resampled_metrics_equal_scikit_learn_on_every_resample(binary):
     fast = stats.bootstrap(metrics.f1_macro, y, pred, n_boot=40, seed=2, resampled=metrics.f1_macro_resampled)
     slow = stats.bootstrap(metrics.f1_macro, y, pred, n_boot=40, seed=2)
     assert tuple(fast) == pytest.approx(tuple(slow)) and fast.p_value == pytest.approx(slow.p_value)
+
+
+def test_too_few_persons_give_no_interval_rather_than_a_false_one():
+    """Two persons cannot carry a bootstrap: the interval and the test are left out (NaN)."""
+    ci = stats.bootstrap(None, np.r_[np.ones(6), np.zeros(6)], unit=stats.unit(["a"] * 6 + ["b"] * 6), n_boot=100)
+    assert ci.point == 0.5 and math.isnan(ci.lo) and math.isnan(ci.hi) and math.isnan(ci.p_value) and ci.n_used == 0

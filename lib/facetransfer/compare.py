@@ -210,6 +210,8 @@ def test_unit(pred: pd.DataFrame, requested: str = "auto") -> stats.Unit:
 
 
 def _bootstrap_note(name: str, ci: stats.BootstrapCI) -> str | None:
+    if ci.n_boot and ci.n_used == 0:
+        return f"{name}: no interval ({ci.unit}; fewer than {stats.MIN_UNITS} to resample)"
     if ci.n_boot and ci.n_used < ci.n_boot:
         return f"{name} CI from {ci.n_used}/{ci.n_boot} resamples (others undefined)"
     return None
@@ -235,7 +237,11 @@ def _metrics_from_predictions(pred: pd.DataFrame, task: str, unit: stats.Unit, n
             notes.append(_bootstrap_note("AUC", auc))
     if cols["age_true"] is not None:
         error = (pred[cols["age_true"]] - pred[cols["age_pred"]]).abs().to_numpy(dtype=float)
-        out["mae"], out["mae_lo"], out["mae_hi"] = stats.bootstrap(None, error, **kw)
+        mae = stats.bootstrap(None, error, **kw)
+        out["mae"], out["mae_lo"], out["mae_hi"] = mae
+        notes.append(_bootstrap_note("MAE", mae))
+    if cols["kind"] is not None:
+        notes.append(_bootstrap_note("accuracy", acc) if acc.n_boot else None)
     out["note"] = "; ".join(n for n in notes if n)
     return out
 
@@ -551,7 +557,7 @@ def paired_comparisons(runs: pd.DataFrame, *, n_boot: int | None = None, conf: f
 
 def _paired_verdict(row, alpha: float) -> str:
     if not _present(row.p_holm):
-        return "undefined (no resample defined the difference)"
+        return f"no test (fewer than {stats.MIN_UNITS} to resample, or no resample defined it)"
     if row.p_holm >= alpha:
         return f"no significant difference (alpha {alpha:g})"
     lower_better = row.metric == "MAE"
@@ -829,7 +835,7 @@ def _gaps(pred, labels, column, cols, unit, min_group, rows, kw) -> list[dict]:
         row = {"attribute": column, "metric": metric, "groups ranked": len(eligible)}
         if len(eligible) < 2:
             small = int((table["status"] != "ranked").sum())
-            row["note"] = (f"fewer than two groups with n >= {min_group} ({small} too small)" if metric in ("accuracy", "mae")
+            row["note"] = (f"fewer than two groups with n >= {min_group} ({small} too small)" if len(ranked) < 2
                            else f"fewer than two ranked groups with both classes ({len(ranked) - len(eligible)} hold one class)")
             out.append(row)
             continue

@@ -582,6 +582,8 @@ def subgroup_bars(table: pd.DataFrame, *, metric: str | None = None, title: str 
         return _message(title, "no subgroups (set eval.subgroups)", synthetic=synthetic)
     if metric not in table:
         raise FacetransferError(f"plots.subgroup_bars: metric {metric!r} not in table; columns: {', '.join(map(str, table.columns))}")
+    if pd.to_numeric(table[metric], errors="coerce").isna().all():
+        return _message(title, f"no {metric} to show (every subgroup too small or one class; see the table)", synthetic=synthetic)
     group_col = next((c for c in ("group", "value", "subgroup") if c in table), None)
     if group_col is None and "attribute" not in table:
         raise FacetransferError(f"plots.subgroup_bars: table needs a group or attribute column; has {', '.join(map(str, table.columns))}")

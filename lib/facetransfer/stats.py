@@ -134,6 +134,7 @@ def _summarise(point: float, values: np.ndarray, n_boot: int, conf: float, unit_
     return BootstrapCI(point, lo, hi, n_used=int(used.size), n_boot=n_boot, conf=conf, p_value=min(1.0, p), unit=unit_text)
 
 
+MIN_UNITS = 10  # fewer persons (or images) than this: no bootstrap interval or test (said, not shown)
 CHUNK = 100  # resamples scored at once by a ``resampled`` statistic (bounds the (chunk, n) weights)
 
 
@@ -147,6 +148,7 @@ def bootstrap(statistic: Callable[..., float] | None, *arrays, unit: Unit | None
     computed without materialising the resamples. A resample where the statistic is
     undefined (NaN, e.g. AUC of a one-class resample) is skipped and counted in
     ``n_used``. ``p_value``: two-sided test of "the statistic is 0". Same seed → same result.
+    Fewer than ``MIN_UNITS`` units: no interval and no test (NaN; callers say why).
     ``resampled(*arrays, weights)``: the statistic of every row of a (B, n) matrix of draw
     counts at once (:func:`facetransfer.metrics.f1_macro_resampled`), the same numbers as
     calling ``statistic`` on each resample, a thousand times faster.
@@ -167,7 +169,7 @@ def bootstrap(statistic: Callable[..., float] | None, *arrays, unit: Unit | None
         point = float(values.mean()) if n else math.nan
     else:
         point = float(statistic(*arrays))
-    if n == 0 or n_boot == 0:
+    if n == 0 or n_boot == 0 or unit.n_units < MIN_UNITS:
         return BootstrapCI(point, math.nan, math.nan, n_used=0, n_boot=int(n_boot), conf=conf, unit=unit.text)
     counts = _counts(unit.n_units, n_boot, seed)
     if statistic is None:
@@ -298,8 +300,8 @@ def mean_gap(values, groups, names: Sequence, *, unit: Unit, n_boot: int = 1000,
     sizes = np.bincount(flat, minlength=unit.n_units * k).reshape(unit.n_units, k)
     means = sums.sum(axis=0) / sizes.sum(axis=0)
     point = float(means.max() - means.min())
-    if n_boot == 0:
-        return BootstrapCI(point, math.nan, math.nan, n_used=0, n_boot=0, conf=conf, unit=unit.text)
+    if n_boot == 0 or unit.n_units < MIN_UNITS:
+        return BootstrapCI(point, math.nan, math.nan, n_used=0, n_boot=int(n_boot), conf=conf, unit=unit.text)
     counts = _counts(unit.n_units, n_boot, seed)
     with np.errstate(invalid="ignore", divide="ignore"):
         boots = (counts @ sums) / (counts @ sizes)
