@@ -458,15 +458,15 @@ def reported_vs_reproduced(runs: pd.DataFrame, reported=None, *, table: pd.DataF
                 versus = stats.versus_published(ours, float(value), n_pub, n_ours=n_ours, fraction=metric in _FRACTIONS, conf=ours.conf)
                 row.update(ours=ours.point, difference=versus["difference"], verdict=versus["verdict"], note=versus["note"])
                 row["ours CI"] = _fmt_interval(ours.lo, ours.hi, digits)
-                row["difference CI"] = _fmt_interval(versus["lo"], versus["hi"], digits)
+                row["difference CI"] = _fmt_interval(versus["lo"], versus["hi"], digits, sign="+")
                 rows.append(row)
     out = pd.DataFrame(rows, columns=columns).fillna({c: DASH for c in ("ours CI", "difference CI", "note", "run_id", "Run")})
     out.attrs["conf"] = pct
     return out
 
 
-def _fmt_interval(lo: float, hi: float, digits: int) -> str:
-    return f"[{lo:+.{digits}f}, {hi:+.{digits}f}]" if _present(lo) and _present(hi) and math.isfinite(lo) else DASH
+def _fmt_interval(lo: float, hi: float, digits: int, sign: str = "") -> str:
+    return f"[{lo:{sign}.{digits}f}, {hi:{sign}.{digits}f}]" if _present(lo) and _present(hi) and math.isfinite(lo) else DASH
 
 
 # ---------------------------------------------------------------- paired tests
