@@ -303,6 +303,9 @@ def test_tables_for_notebook_steps():
                                      "recall": {"female": 0.9, "male": 0.7}, "f1": {"female": 0.8, "male": 0.8},
                                      "support": {"female": 5, "male": 5}, "confusion_matrix": [[1, 0], [0, 1]]}}
     assert plots.metrics_table(metrics).to_dict() == {"test": {"accuracy": 0.8}}
+    both = {"val": {"accuracy": 0.7, "auc": None}, "test": {"accuracy": 0.8, "auc": 0.9, "baseline": {"class": "female", "accuracy": 0.6}}}
+    shown = plots.metrics_table(both)  # the training baseline shown; an undefined value is a dash, never None
+    assert shown.loc["baseline.class", "test"] == "female" and shown.loc["auc", "val"] == "—" and shown.loc["baseline.accuracy", "val"] == "—"
     report = plots.class_report(metrics["test"])
     assert list(report.index) == ["female", "male"] and report.loc["male", "precision"] == 0.9
 

@@ -890,12 +890,17 @@ def info_table(info: Mapping) -> pd.DataFrame:
 
 
 def metrics_table(metrics: Mapping) -> pd.DataFrame:
-    """Scalar metrics of each split side by side (``Evaluation.metrics``: {"val": {...}, "test": {...}})."""
+    """Scalar metrics of each split side by side (``Evaluation.metrics``: {"val": {...}, "test": {...}}),
+    with the training baseline of the degenerate rule (``baseline.*``); a missing value is an em dash."""
+    from facetransfer.params import flatten
+
     columns = {}
     for split, values in metrics.items():
         if values:
-            columns[split] = {k: v for k, v in values.items() if isinstance(v, (int, float, bool, str)) or v is None}
-    return pd.DataFrame(columns)
+            flat = flatten({k: v for k, v in values.items() if k == "baseline" or not isinstance(v, (dict, list))})
+            columns[split] = {k: v for k, v in flat.items() if isinstance(v, (int, float, bool, str)) or v is None}
+    table = pd.DataFrame(columns)
+    return table.astype(object).where(table.notna(), "—")
 
 
 def class_report(split_metrics: Mapping) -> pd.DataFrame:
