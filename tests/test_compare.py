@@ -143,6 +143,9 @@ def test_reported_vs_reproduced(study):
     assert first["published n"] == "unknown" and "published n unknown" in first["note"]
     assert second["verdict"] == "lower" and second["ours"] < 0.7
     assert third["verdict"] == "no matching ok run" and math.isnan(third["ours"])
+    assert first["unit"] == "per image: no identities"
+    shown = compare.dashes(table)  # what 04_compare shows: no NaN, no None
+    assert shown.iloc[2]["ours"] == "—" and not shown.astype(str).apply(lambda c: c.str.contains("nan|None")).any().any()
     by_name = compare.reported_vs_reproduced(runs, [{"match": {"name": "frozen"}, "metrics": {"test.f1_macro": 0.5}}])
     assert by_name["run_id"].tolist() == [study["ids"]["A"]] and by_name["verdict"].tolist() == ["higher"]
     with pytest.raises(FacetransferError, match="93.97"):

@@ -424,13 +424,14 @@ def reported_vs_reproduced(runs: pd.DataFrame, reported=None, *, table: pd.DataF
     "...", "n_test": 3000}``, matched by :func:`match_reported`. Every ``ok`` run that
     matches gives a row per metric (repeats give several rows); an entry matching no ok
     run gives a row saying so. Columns: config, source, run_id, Run, metric, published,
-    published n, ours, ours CI, difference, difference CI, verdict, note (display
-    strings except the numbers published, ours, difference).
+    published n, ours, ours CI, difference, difference CI, verdict, unit (what our
+    interval resampled), note (display strings except the numbers published, ours,
+    difference; :func:`dashes` shows them with a dash where missing).
     ``table``: a :func:`comparison_table` of ``runs`` to reuse.
     """
     reported = _check_reported(runs.attrs.get("reported", []) if reported is None else reported)
     columns = ["config", "source", "run_id", "Run", "metric", "published", "published n", "ours", "ours CI",
-               "difference", "difference CI", "verdict", "note"]
+               "difference", "difference CI", "verdict", "unit", "note"]
     if not reported:
         return pd.DataFrame(columns=columns)
     ok = runs[runs["status"] == STATUS_OK]
@@ -452,6 +453,7 @@ def reported_vs_reproduced(runs: pd.DataFrame, reported=None, *, table: pd.DataF
                 if metric in _CI_METRICS and run["run_id"] in by_id.index:
                     ours = stats.BootstrapCI(*(by_id.loc[run["run_id"], c] for c in _CI_METRICS[metric]), n_used=0, n_boot=0, conf=table.attrs.get("conf", 0.95))
                     n_ours = by_id.loc[run["run_id"], "n_test"]
+                    row["unit"] = by_id.loc[run["run_id"], "unit"]
                 else:
                     ours, n_ours = stats.BootstrapCI(run.get(metric, math.nan), math.nan, math.nan, n_used=0, n_boot=0, conf=0.95), math.nan
                 digits = 2 if metric == "test.mae" else 4
@@ -460,9 +462,19 @@ def reported_vs_reproduced(runs: pd.DataFrame, reported=None, *, table: pd.DataF
                 row["ours CI"] = _fmt_interval(ours.lo, ours.hi, digits)
                 row["difference CI"] = _fmt_interval(versus["lo"], versus["hi"], digits, sign="+")
                 rows.append(row)
-    out = pd.DataFrame(rows, columns=columns).fillna({c: DASH for c in ("ours CI", "difference CI", "note", "run_id", "Run")})
+    out = pd.DataFrame(rows, columns=columns).fillna({c: DASH for c in ("ours CI", "difference CI", "note", "run_id", "Run", "unit")})
     out.attrs["conf"] = pct
     return out
+
+
+def dashes(table: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
+    """Any table for display: numbers rounded to ``digits``, a missing value as an em dash
+    (a rendered table never shows None or NaN)."""
+    shown = table.copy()
+    for column in shown.columns:
+        if pd.api.types.is_float_dtype(shown[column]):
+            shown[column] = shown[column].round(digits)
+    return shown.astype(object).where(shown.notna(), DASH)
 
 
 def _fmt_interval(lo: float, hi: float, digits: int, sign: str = "") -> str:
