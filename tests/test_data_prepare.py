@@ -129,7 +129,10 @@ def test_adience_folds_and_label_quarantine(tmp_path):
     cfg = _cfg(dataset="adience", root=str(root), task="age_group", split={"source": "folds", "test_fold": 2})
     prepared = data.prepare(cfg, tmp_path / "results", progress=False)
     recs = prepared.records
-    assert (recs.loc[recs["split"] == "test", "fold"] == 2).all() and (recs.loc[recs["split"] == "val", "fold"] == 3).all()
+    assert (recs.loc[recs["split"] == "test", "fold"] == 2).all() and (recs.loc[recs["split"] != "test", "fold"] != 2).all()
+    assert set(recs.loc[recs["split"] == "train", "fold"]) == {0, 1, 3, 4}  # four folds train, val carved from them
+    assert recs.groupby("subject")["split"].nunique().max() == 1
+    assert prepared.split_kind() == "subject-disjoint (20 identities)" and prepared.near_duplicates is None
     q = prepared.quarantine
     assert q["reason"].tolist() == ["no age_group label: task age_group"] and q["stage"].tolist() == ["label"]
     y = prepared.targets("train")

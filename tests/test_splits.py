@@ -95,14 +95,36 @@ def test_dataset_source_uses_source_split():
         make_splits(records, source="dataset")
 
 
-@pytest.mark.parametrize(("test_fold", "val_fold"), [(0, 1), (2, 3), (4, 0)])
-def test_folds_source(test_fold, val_fold):
-    records = _records()
-    split = make_splits(records, source="folds", test_fold=test_fold)
+def _adience_like(n=3000, n_subjects=400, seed=0):
+    """Records whose folds are subject-exclusive, as Adience's are."""
+    records = _records(n, n_subjects=n_subjects, seed=seed)
+    records["subject"] = pd.array([f"id{i % n_subjects}" for i in range(n)], dtype="string")
+    records["fold"] = pd.array([(i % n_subjects) % 5 for i in range(n)], dtype="Int64")
+    return records
+
+
+@pytest.mark.parametrize("test_fold", [0, 2, 4])
+def test_folds_source_trains_on_the_other_four_folds(test_fold):
+    """The published Adience protocol: test on one fold, train (and validate) on the other four."""
+    records = _adience_like()
+    split = make_splits(records, source="folds", test_fold=test_fold, fractions=(0.8, 0.1, 0.1), seed=0)
     fold = records["fold"].astype(int)
     assert (split[fold == test_fold] == "test").all()
-    assert (split[fold == val_fold] == "val").all()
-    assert (split[~fold.isin([test_fold, val_fold])] == "train").all()
+    assert (split[fold != test_fold] != "test").all()
+    for other in set(range(5)) - {test_fold}:  # every other fold trains (the old rule left one out for val)
+        assert (split[fold == other] == "train").mean() > 0.8
+    val_share = (split == "val").sum() / (fold != test_fold).sum()
+    print("test fold", test_fold, "val share of the four training folds", round(val_share, 4))
+    assert abs(val_share - 0.1 / 0.9) < 0.02
+    check_leakage(records, split)  # val carved by subject: no user on two sides
+    pd.testing.assert_series_equal(split, make_splits(records, source="folds", test_fold=test_fold, seed=0))
+    assert not split.equals(make_splits(records, source="folds", test_fold=test_fold, seed=1))
+
+
+def test_folds_without_validation():
+    records = _adience_like()
+    split = make_splits(records, source="folds", test_fold=1, fractions=(0.9, 0.0, 0.1))
+    assert set(split) == {"train", "test"}
 
 
 def test_a_class_missing_from_test_is_an_error():
