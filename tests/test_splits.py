@@ -1,11 +1,18 @@
-"""Splits: seeded, stratified, subject-disjoint; dataset and folds sources; leakage checks."""
+"""Splits: seeded, stratified, grouped (subjects, near-duplicate clusters); dataset and folds sources; leakage checks."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from facetransfer.errors import DataError, FacetransferError
-from facetransfer.splits import LeakageError, check_leakage, make_splits, save_splits, subsample
+from facetransfer.splits import (
+    LeakageError,
+    check_leakage,
+    disjointness,
+    make_splits,
+    save_splits,
+    subsample,
+)
 
 
 def _records(n=3000, *, n_subjects=400, seed=0, male=0.42):
@@ -193,3 +200,66 @@ def test_subsample_is_seeded_and_stratified():
     pd.testing.assert_frame_equal(sub, subsample(records, 500, seed=1))
     assert not sub.index.equals(subsample(records, 500, seed=2).index)
     assert subsample(records, 10**6) is records
+
+
+def _image_level(n=600, seed=0):
+    records = _records(n, seed=seed)
+    records["subject"] = pd.array([pd.NA] * n, dtype="string")
+    return records
+
+
+def test_near_duplicate_clusters_stay_on_one_side():
+    records = _image_level()
+    members = [list(range(k, k + 4)) for k in range(0, 120, 4)]  # 30 clusters of 4 images
+    clusters = pd.Series(pd.NA, index=records.index, dtype="string")
+    for group in members:
+        clusters[group] = records.loc[group[0], "path"]
+    plain = make_splits(records, seed=0)
+    cut = sum(plain[group].nunique() > 1 for group in members)
+    grouped = make_splits(records, seed=0, clusters=clusters)
+    print("clusters on two sides: plain", cut, "grouped", sum(grouped[g].nunique() > 1 for g in members))
+    assert cut > 10 and all(grouped[group].nunique() == 1 for group in members)
+    check_leakage(records, grouped, clusters)
+    with pytest.raises(LeakageError, match=r"near-duplicate cluster of /data/\d+\.jpg is in .* \(\d+ clusters on more than one side\)"):
+        check_leakage(records, plain, clusters)
+    no_clusters = pd.Series(pd.NA, index=records.index, dtype="string")
+    pd.testing.assert_series_equal(make_splits(records, seed=0, clusters=no_clusters), plain)  # nothing found: the same split
+
+
+def test_a_cluster_joins_the_subjects_it_touches():
+    records = _records(n=400, n_subjects=80)
+    with_subject = records.index[records["subject"].notna()]
+    a, b = with_subject[0], next(i for i in with_subject if records.loc[i, "subject"] != records.loc[with_subject[0], "subject"])
+    lone = records.index[records["subject"].isna()][0]
+    clusters = pd.Series(pd.NA, index=records.index, dtype="string")
+    clusters[[a, b, lone]] = "c1"  # two subjects and one image without a subject are copies of one photo
+    for seed in range(6):
+        split = make_splits(records, seed=seed, clusters=clusters)
+        joined = records["subject"].isin([records.loc[a, "subject"], records.loc[b, "subject"]]) | (records.index == lone)
+        assert split[joined].nunique() == 1
+        check_leakage(records, split, clusters)
+
+
+def test_clusters_need_the_random_source():
+    records = _records(n=200)
+    clusters = pd.Series(pd.NA, index=records.index, dtype="string")
+    with pytest.raises(DataError, match="random source only, not 'dataset'"):
+        make_splits(records, source="dataset", clusters=clusters)
+
+
+def test_disjointness_says_what_the_split_keeps_apart():
+    records = _records(n=300, n_subjects=50)
+    n = records["subject"].nunique()
+    lone = int(records["subject"].isna().sum())
+    assert disjointness(records) == f"subject-disjoint ({n} identities; {lone} images without one are split image by image)"
+    records["subject"] = records["subject"].fillna("id-extra")
+    assert disjointness(records) == f"subject-disjoint ({n + 1} identities)"
+    assert disjointness(_image_level()) == "image-level (this dataset has no identities)"
+    assert disjointness(_image_level().drop(columns="subject"), grouped_clusters=7) == "image-level (this dataset has no identities); 7 near-duplicate clusters kept on one side"
+
+
+def test_split_seed_change_moves_the_split_same_seed_same_bytes(tmp_path):
+    records = _records(n=500)
+    save_splits(tmp_path / "a.csv", records, make_splits(records, seed=0))
+    save_splits(tmp_path / "b.csv", records, make_splits(records, seed=0))
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
