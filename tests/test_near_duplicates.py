@@ -104,3 +104,23 @@ def test_group_on_a_fixed_split_is_one_line():
         resolve_run({"data": {"dataset": "adience", "root": "/x", "split": {"source": "folds", "near_duplicates": "group"}}})
     with pytest.raises(ParamError, match=r"data.split.near_duplicates: 'yes' is not allowed; allowed: one of count, group"):
         resolve_run({"data": {"root": "/x", "split": {"near_duplicates": "yes"}}})
+
+
+def test_explore_table_and_report_say_what_the_split_is(planted, tmp_path):
+    from facetransfer import plots, report
+
+    root, pairs = planted
+    counted = data.prepare(_cfg(root), tmp_path, progress=False)
+    crossing = counted.near_duplicates_crossing()
+    page = plots.near_duplicates_table(counted).to_html()
+    assert "Split: image-level (this dataset has no identities). Near duplicates: 24 clusters of 48 images" in page
+    assert all(path.split(" (")[0] in page for path in crossing["paths"].iloc[0].split("; "))
+    shown = plots.provenance_table(counted.provenance()).to_html()
+    assert counted.near_duplicates_summary() in shown and "crossing" not in shown  # the line, not the JSON
+
+    prov = counted.provenance()
+    cell = report._provenance_section([{"metrics": {"data": {"provenance": prov}}}])
+    assert "split kind" in cell and "image-level (this dataset has no identities)" in cell
+    assert f"{len(crossing)} of them on two sides of the split" in cell and cell.count("<li>") == min(len(crossing), report.NEAR_DUPLICATES_SHOWN)
+    old = {key: value for key, value in prov.items() if key not in ("split_kind", "near_duplicates")}
+    assert "not recorded" in report._provenance_section([{"metrics": {"data": {"provenance": old}}}])
