@@ -91,6 +91,7 @@ def test_find_pairs_matches_a_direct_count():
     rng = np.random.default_rng(0)
     hashes = rng.integers(0, 2**63, size=(300, 4), dtype=np.uint64)
     hashes[7] = hashes[3] ^ np.array([0b111, 0, 0, 1 << 40], dtype=np.uint64)  # 4 bits apart
+    hashes[9] = ~hashes[3]  # 256 bits apart: must not wrap around to 0 in the fast uint8 count
     pairs = near_duplicates.find_pairs(hashes, max_distance=10)
     bits = np.unpackbits(hashes.view(np.uint8), axis=1)
     direct = (bits[:, None, :] != bits[None, :, :]).sum(axis=2)

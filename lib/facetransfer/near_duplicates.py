@@ -14,7 +14,7 @@ identities), two copies on two sides of the split let the test set see training 
 2. every pair whose hashes differ in at most :data:`MAX_DISTANCE` bits is a near duplicate
    (:func:`find_pairs`), and clusters are the connected components of those pairs
    (``scipy.sparse.csgraph``);
-3. hashes and pairs are stored beside that cache (``<key>.phash16-<imagehash version>.npz``),
+3. hashes and pairs are stored beside that cache (``<key>.phash16-d<MAX_DISTANCE>-<imagehash version>.npz``),
    keyed by its content key (files, sizes, mtimes), so a study pays once.
 
 :func:`crossing` lists the clusters a split puts on more than one side.
@@ -40,10 +40,10 @@ from facetransfer.io import atomic_path
 
 HASH_BITS = 16  # imagehash's hash_size: 16 x 16 = 256 bits, computed on a 64 x 64 grey image
 HASH_PX = 4 * HASH_BITS  # images are hashed at phash's own working size (hash_size x highfreq_factor 4)
-# Re-encoding (JPEG quality 50-60) and 0.8-0.9x resizes move a 256-bit phash by at most 22 bits while distinct faces stay 36+ apart (benchmarks/near_duplicates.py), so 28 separates them.
-MAX_DISTANCE = 28
+# Planted copies (JPEG quality 50-60, 85-90 % resizes) moved a 256-bit phash by at most 22 bits; 3 of 12.5 M distinct-face pairs came within 24 (benchmarks/near_duplicates.py).
+MAX_DISTANCE = 24
 METHOD = f"perceptual hash (imagehash {imagehash.__version__} phash, {HASH_BITS * HASH_BITS} bits at {HASH_PX} px), Hamming distance <= {MAX_DISTANCE}"
-BLOCK_ELEMENTS = 2**22  # hash pairs compared at once (4 words each: 128 MiB of XORs)
+BLOCK_ELEMENTS = 2**24  # hash pairs compared at once (16 MiB of uint8 distances, 128 MiB of XORs per word)
 _WEIGHTS = 1 << np.arange(63, -1, -1, dtype=np.uint64)
 
 
@@ -57,21 +57,26 @@ def find_pairs(hashes: np.ndarray, max_distance: int = MAX_DISTANCE) -> np.ndarr
     """``(k, 3)`` int64 rows ``i, j, distance`` with ``i < j`` for hashes at most ``max_distance`` bits apart.
 
     Every pair is compared (N²/2 popcounts in blocks, numpy): a 256-bit Hamming ball of radius
-    28 is too wide for an exact index to prune much.
+    24 is too wide for an exact index to prune much. Distances add up word by word in uint8
+    (fast); only a full inversion (256) wraps to 0, so the candidates are re-counted exactly.
     """
     hashes = np.asarray(hashes, dtype=np.uint64).reshape(len(hashes), -1)
     n = len(hashes)
-    found = [np.empty((0, 3), np.int64)]
+    words = np.ascontiguousarray(hashes.T)
+    found = [np.empty((0, 2), np.int64)]
     rows_per_block = max(1, BLOCK_ELEMENTS // max(n, 1))
     for start in range(0, n, rows_per_block):
         block = hashes[start : start + rows_per_block]
-        later = hashes[start + 1 :]
-        distance = np.bitwise_count(block[:, None, :] ^ later[None, :, :]).sum(axis=2, dtype=np.int64)
+        distance = np.bitwise_count(block[:, 0, None] ^ words[0, None, start + 1 :])
+        for w in range(1, words.shape[0]):
+            distance += np.bitwise_count(block[:, w, None] ^ words[w, None, start + 1 :])
         rows, cols = np.nonzero(distance <= max_distance)
         i, j = start + rows, start + 1 + cols
-        keep = j > i
-        found.append(np.stack([i[keep], j[keep], distance[rows[keep], cols[keep]]], axis=1))
-    return np.concatenate(found)
+        found.append(np.stack([i[j > i], j[j > i]], axis=1))
+    pairs = np.concatenate(found)
+    exact = np.bitwise_count(hashes[pairs[:, 0]] ^ hashes[pairs[:, 1]]).sum(axis=1, dtype=np.int64)
+    keep = exact <= max_distance
+    return np.column_stack([pairs[keep], exact[keep]]).astype(np.int64)
 
 
 def clusters(n: int, pairs: np.ndarray) -> np.ndarray:
@@ -84,7 +89,7 @@ def _hashed(paths: list[str], *, crop: str, cache_dir: Path, progress: bool) -> 
     """(paths, hashes, pairs over them, facts) for the files, stored beside their HASH_PX cache."""
     start = time.perf_counter()
     cache = build_cache(paths, size=HASH_PX, crop=crop, cache_dir=cache_dir, progress=progress)
-    stored = cache.file.with_name(f"{cache.key}.phash{HASH_BITS}-{imagehash.__version__}.npz")
+    stored = cache.file.with_name(f"{cache.key}.phash{HASH_BITS}-d{MAX_DISTANCE}-{imagehash.__version__}.npz")
     facts = {"hash_cache_hit": stored.is_file(), "decode_cache_hit": cache.hit}
     if stored.is_file():
         with np.load(stored) as saved:
