@@ -10,8 +10,8 @@
 4. ``data.limit``: a subset of that many records, stratified on the task label;
 5. the decoded-image cache at ``params.image_size(cfg)`` px under
    ``results_root/_cache/images``; undecodable files are quarantined (stage ``decode``);
-6. near duplicates (:mod:`facetransfer.near_duplicates`), found where the split is
-   image-level (no identities) or ``data.split.near_duplicates`` is ``group``;
+6. near duplicates (:mod:`facetransfer.near_duplicates`), found where some images have no
+   identity (their split is image-level) or ``data.split.near_duplicates`` is ``group``;
 7. the split (``data.split``, stratified on the task label; with ``group``, each
    near-duplicate cluster on one side) and a leakage check.
 
@@ -267,7 +267,7 @@ def prepare(cfg: dict, results_root, *, progress: bool = True) -> PreparedData:
         raise DataError(f"{d['dataset']}: none of the images in {ds.root} could be decoded (e.g. {first})")
     records["row"] = cache.rows(records["path"])
     found = None
-    if split_cfg["near_duplicates"] == "group" or n_identities(records) == 0:
+    if split_cfg["near_duplicates"] == "group" or records["subject"].isna().any():  # some images are split image by image
         records["near_duplicate"], found = near_duplicates.find(records["path"], crop=d["crop"], cache_dir=Path(results_root) / "_cache" / "images", progress=progress)
     clusters = records["near_duplicate"] if split_cfg["near_duplicates"] == "group" else None
     records["split"] = make_splits(records, source=split_cfg["source"], fractions=split_cfg["fractions"], seed=split_cfg["seed"], stratify=TASK_STRATIFY[task], test_fold=split_cfg["test_fold"], clusters=clusters)
