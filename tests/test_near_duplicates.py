@@ -87,6 +87,14 @@ def test_hashes_come_from_a_fixed_size_cache_whatever_the_input_size(planted, tm
     pd.testing.assert_series_equal(small.records["near_duplicate"], large.records["near_duplicate"])
 
 
+def test_a_set_without_near_duplicates_says_none(tmp_path):
+    root = tmp_path / "utk"
+    synthetic.generate("utkface", root, n=30, seed=4, size=64, workers=1, progress=False)
+    prepared = data.prepare(_cfg(root), tmp_path, progress=False)
+    assert prepared.near_duplicates_summary().startswith("near duplicates: none among the 30 images; perceptual hash")
+    assert prepared.near_duplicates_crossing().empty
+
+
 def test_find_pairs_matches_a_direct_count():
     rng = np.random.default_rng(0)
     hashes = rng.integers(0, 2**63, size=(300, 4), dtype=np.uint64)

@@ -154,6 +154,8 @@ class PreparedData:
         found = self.near_duplicates
         if found is None:
             return "near duplicates: not checked (the split is subject-disjoint)"
+        if found["n_clusters"] == 0:
+            return f"near duplicates: none among the {len(self.records)} images; {found['method']}"
         crossing = self.near_duplicates_crossing()
         where = "kept on one side" if self.cfg["data"]["split"]["near_duplicates"] == "group" else f"{len(crossing)} of them on two sides of the split ({int(crossing['n_images'].sum())} images)"
         return f"near duplicates: {found['n_clusters']} clusters of {found['n_images']} images, {where}; {found['method']}"
