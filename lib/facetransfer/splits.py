@@ -103,7 +103,7 @@ def _group_keys(records: pd.DataFrame, clusters: pd.Series | None = None) -> pd.
     """Subject id where there is one, else the near-duplicate cluster, else the record itself.
 
     A cluster that touches subjects, or two subjects, joins them all into one group
-    (connected components), named after its smallest subject.
+    (connected components), named after the cluster; a group of one subject keeps its name.
     """
     own = pd.Series(["r:" + str(i) for i in records.index], index=records.index)
     subject = _subjects(records)
