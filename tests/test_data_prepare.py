@@ -129,7 +129,10 @@ def test_adience_folds_and_label_quarantine(tmp_path):
     cfg = _cfg(dataset="adience", root=str(root), task="age_group", split={"source": "folds", "test_fold": 2})
     prepared = data.prepare(cfg, tmp_path / "results", progress=False)
     recs = prepared.records
-    assert (recs.loc[recs["split"] == "test", "fold"] == 2).all() and (recs.loc[recs["split"] == "val", "fold"] == 3).all()
+    assert (recs.loc[recs["split"] == "test", "fold"] == 2).all() and (recs.loc[recs["split"] != "test", "fold"] != 2).all()
+    assert set(recs.loc[recs["split"] == "train", "fold"]) == {0, 1, 3, 4}  # four folds train, val carved from them
+    assert recs.groupby("subject")["split"].nunique().max() == 1
+    assert prepared.split_kind() == "subject-disjoint (20 identities)" and prepared.near_duplicates is None
     q = prepared.quarantine
     assert q["reason"].tolist() == ["no age_group label: task age_group"] and q["stage"].tolist() == ["label"]
     y = prepared.targets("train")
@@ -186,3 +189,18 @@ def test_folder_dataset_with_mixed_pixel_modes(tmp_path):
     assert prepared.quarantine[["reason", "stage"]].values.tolist() == [["no age label: task age_gender", "label"]]
     assert prepared.records.groupby("subject")["split"].nunique().eq(1).all()
     np.testing.assert_array_equal(prepared.targets("test")["age"], prepared.records.loc[prepared.records["split"] == "test", "age"].to_numpy(np.float32))
+
+
+def test_the_run_seed_does_not_move_the_split_or_the_subset(celeba_root, tmp_path):
+    """Repeats (seed, seed + 1, ...) train and test on the same images; data.split.seed moves them."""
+    def prepared(seed, split_seed):
+        cfg = _cfg(root=str(celeba_root), limit=60, split={"seed": split_seed})
+        return data.prepare({**cfg, "seed": seed}, tmp_path, progress=False)
+
+    base = prepared(0, 0)
+    for seed in (1, 7):
+        pd.testing.assert_frame_equal(prepared(seed, 0).records[["path", "split"]], base.records[["path", "split"]])
+    moved = prepared(0, 1).records
+    assert set(moved["path"]) != set(base.records["path"]) or not moved["split"].equals(base.records["split"])
+    assert base.provenance()["split"]["seed"] == 0 and prepared(3, 5).provenance()["split"]["seed"] == 5
+    assert base.split_kind().startswith("subject-disjoint (") and base.near_duplicates is None

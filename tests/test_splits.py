@@ -1,11 +1,18 @@
-"""Splits: seeded, stratified, subject-disjoint; dataset and folds sources; leakage checks."""
+"""Splits: seeded, stratified, grouped (subjects, near-duplicate clusters); dataset and folds sources; leakage checks."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from facetransfer.errors import DataError, FacetransferError
-from facetransfer.splits import LeakageError, check_leakage, make_splits, save_splits, subsample
+from facetransfer.splits import (
+    LeakageError,
+    check_leakage,
+    disjointness,
+    make_splits,
+    save_splits,
+    subsample,
+)
 
 
 def _records(n=3000, *, n_subjects=400, seed=0, male=0.42):
@@ -95,14 +102,36 @@ def test_dataset_source_uses_source_split():
         make_splits(records, source="dataset")
 
 
-@pytest.mark.parametrize(("test_fold", "val_fold"), [(0, 1), (2, 3), (4, 0)])
-def test_folds_source(test_fold, val_fold):
-    records = _records()
-    split = make_splits(records, source="folds", test_fold=test_fold)
+def _adience_like(n=3000, n_subjects=400, seed=0):
+    """Records whose folds are subject-exclusive, as Adience's are."""
+    records = _records(n, n_subjects=n_subjects, seed=seed)
+    records["subject"] = pd.array([f"id{i % n_subjects}" for i in range(n)], dtype="string")
+    records["fold"] = pd.array([(i % n_subjects) % 5 for i in range(n)], dtype="Int64")
+    return records
+
+
+@pytest.mark.parametrize("test_fold", [0, 2, 4])
+def test_folds_source_trains_on_the_other_four_folds(test_fold):
+    """The published Adience protocol: test on one fold, train (and validate) on the other four."""
+    records = _adience_like()
+    split = make_splits(records, source="folds", test_fold=test_fold, fractions=(0.8, 0.1, 0.1), seed=0)
     fold = records["fold"].astype(int)
     assert (split[fold == test_fold] == "test").all()
-    assert (split[fold == val_fold] == "val").all()
-    assert (split[~fold.isin([test_fold, val_fold])] == "train").all()
+    assert (split[fold != test_fold] != "test").all()
+    for other in set(range(5)) - {test_fold}:  # every other fold trains (the old rule left one out for val)
+        assert (split[fold == other] == "train").mean() > 0.8
+    val_share = (split == "val").sum() / (fold != test_fold).sum()
+    print("test fold", test_fold, "val share of the four training folds", round(val_share, 4))
+    assert abs(val_share - 0.1 / 0.9) < 0.02
+    check_leakage(records, split)  # val carved by subject: no user on two sides
+    pd.testing.assert_series_equal(split, make_splits(records, source="folds", test_fold=test_fold, seed=0))
+    assert not split.equals(make_splits(records, source="folds", test_fold=test_fold, seed=1))
+
+
+def test_folds_without_validation():
+    records = _adience_like()
+    split = make_splits(records, source="folds", test_fold=1, fractions=(0.9, 0.0, 0.1))
+    assert set(split) == {"train", "test"}
 
 
 def test_a_class_missing_from_test_is_an_error():
@@ -171,3 +200,66 @@ def test_subsample_is_seeded_and_stratified():
     pd.testing.assert_frame_equal(sub, subsample(records, 500, seed=1))
     assert not sub.index.equals(subsample(records, 500, seed=2).index)
     assert subsample(records, 10**6) is records
+
+
+def _image_level(n=600, seed=0):
+    records = _records(n, seed=seed)
+    records["subject"] = pd.array([pd.NA] * n, dtype="string")
+    return records
+
+
+def test_near_duplicate_clusters_stay_on_one_side():
+    records = _image_level()
+    members = [list(range(k, k + 4)) for k in range(0, 120, 4)]  # 30 clusters of 4 images
+    clusters = pd.Series(pd.NA, index=records.index, dtype="string")
+    for group in members:
+        clusters[group] = records.loc[group[0], "path"]
+    plain = make_splits(records, seed=0)
+    cut = sum(plain[group].nunique() > 1 for group in members)
+    grouped = make_splits(records, seed=0, clusters=clusters)
+    print("clusters on two sides: plain", cut, "grouped", sum(grouped[g].nunique() > 1 for g in members))
+    assert cut > 10 and all(grouped[group].nunique() == 1 for group in members)
+    check_leakage(records, grouped, clusters)
+    with pytest.raises(LeakageError, match=r"near-duplicate cluster of /data/\d+\.jpg is in .* \(\d+ clusters on more than one side\)"):
+        check_leakage(records, plain, clusters)
+    no_clusters = pd.Series(pd.NA, index=records.index, dtype="string")
+    pd.testing.assert_series_equal(make_splits(records, seed=0, clusters=no_clusters), plain)  # nothing found: the same split
+
+
+def test_a_cluster_joins_the_subjects_it_touches():
+    records = _records(n=400, n_subjects=80)
+    with_subject = records.index[records["subject"].notna()]
+    a, b = with_subject[0], next(i for i in with_subject if records.loc[i, "subject"] != records.loc[with_subject[0], "subject"])
+    lone = records.index[records["subject"].isna()][0]
+    clusters = pd.Series(pd.NA, index=records.index, dtype="string")
+    clusters[[a, b, lone]] = "c1"  # two subjects and one image without a subject are copies of one photo
+    for seed in range(6):
+        split = make_splits(records, seed=seed, clusters=clusters)
+        joined = records["subject"].isin([records.loc[a, "subject"], records.loc[b, "subject"]]) | (records.index == lone)
+        assert split[joined].nunique() == 1
+        check_leakage(records, split, clusters)
+
+
+def test_clusters_need_the_random_source():
+    records = _records(n=200)
+    clusters = pd.Series(pd.NA, index=records.index, dtype="string")
+    with pytest.raises(DataError, match="random source only, not 'dataset'"):
+        make_splits(records, source="dataset", clusters=clusters)
+
+
+def test_disjointness_says_what_the_split_keeps_apart():
+    records = _records(n=300, n_subjects=50)
+    n = records["subject"].nunique()
+    lone = int(records["subject"].isna().sum())
+    assert disjointness(records) == f"subject-disjoint ({n} identities; {lone} images without one are split image by image)"
+    records["subject"] = records["subject"].fillna("id-extra")
+    assert disjointness(records) == f"subject-disjoint ({n + 1} identities)"
+    assert disjointness(_image_level()) == "image-level (this dataset has no identities)"
+    assert disjointness(_image_level().drop(columns="subject"), grouped_clusters=7) == "image-level (this dataset has no identities); 7 near-duplicate clusters kept on one side"
+
+
+def test_split_seed_change_moves_the_split_same_seed_same_bytes(tmp_path):
+    records = _records(n=500)
+    save_splits(tmp_path / "a.csv", records, make_splits(records, seed=0))
+    save_splits(tmp_path / "b.csv", records, make_splits(records, seed=0))
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()

@@ -100,6 +100,18 @@ def test_groups_times_their_grid_times_repeats(tmp_path):
     assert len({r.run_id for r in study.runs}) == 8
 
 
+def test_repeats_vary_the_training_seed_not_the_split(tmp_path):
+    """Repeats measure training variance on ONE test set; a grid over data.split.seed varies the split on purpose."""
+    study = load(tmp_path, with_(repeats=3))
+    assert [r.params["seed"] for r in study.runs] == [3, 4, 5]
+    assert {r.params["data"]["split"]["seed"] for r in study.runs} == {0}
+    body = with_(repeats=2, grid={"data.split.seed": [0, 1]})
+    body["defaults"]["data"]["split"] = {"seed": 0}
+    varied = load(tmp_path, body)
+    assert [(r.params["data"]["split"]["seed"], r.params["seed"]) for r in varied.runs] == [(0, 3), (0, 4), (1, 3), (1, 4)]
+    assert varied.runs[0].name == "main split_seed=0 seed=3"
+
+
 def test_top_level_grid_and_groups_together(tmp_path):
     study = load(tmp_path, transfer_body())
     assert [r.group for r in study.runs] == ["main"] * 4 + ["source", "scratch"]

@@ -7,14 +7,22 @@
 2. ``datasets.load`` → usable records plus the loader's quarantine (stage ``load``);
 3. the task's labels: records without the label the task needs are quarantined
    (stage ``label``, e.g. ``"no age label: task age"``);
-4. ``data.limit``: a seeded subset of that many records, stratified on the task label;
+4. ``data.limit``: a subset of that many records, stratified on the task label;
 5. the decoded-image cache at ``params.image_size(cfg)`` px under
    ``results_root/_cache/images``; undecodable files are quarantined (stage ``decode``);
-6. the split (``data.split``; seeded with ``seed``, stratified on the task label) and a
-   leakage check.
+6. near duplicates (:mod:`facetransfer.near_duplicates`), found where some images have no
+   identity (their split is image-level) or ``data.split.near_duplicates`` is ``group``;
+7. the split (``data.split``, stratified on the task label; with ``group``, each
+   near-duplicate cluster on one side) and a leakage check.
+
+Seeds: the subset (4) and the split (7) use ``data.split.seed``, NOT the run's ``seed``
+(which drives the initial weights, the batch order and augmentation), so the repeats of a
+study (``seed``, ``seed + 1``, ...) train on the same images and are tested on the same
+test set, image by image; a grid over ``data.split.seed`` varies the split on purpose.
 
 The result, :class:`PreparedData`, hands out row numbers, targets and batch feeders per
-split, and :meth:`PreparedData.provenance` says where every record went.
+split, and :meth:`PreparedData.provenance` says where every record went and what kind of
+split it is (:func:`facetransfer.splits.disjointness`).
 """
 
 from __future__ import annotations
@@ -26,13 +34,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from facetransfer import near_duplicates
 from facetransfer import params as P
 from facetransfer.errors import DataError, ParamError
 from facetransfer.images import ImageCache, build_cache
 from facetransfer.splits import (
     SPLITS,
     check_leakage,
+    disjointness,
     make_splits,
+    n_identities,
     save_splits,
     stratum_labels,
     subsample,
@@ -50,6 +61,7 @@ TASK_STRATIFY = {"gender": "gender", "age": "age", "age_group": "age_group", "ag
 TARGET_DTYPES = {"gender": np.float32, "age": np.float32, "age_group": np.int32}
 GENDER_NAMES = {"0": "female", "1": "male"}
 QUARANTINE_COLUMNS = ["path", "reason", "stage"]
+NEAR_DUPLICATES_LISTED = 50  # crossing clusters listed in the provenance (all are in near_duplicates_crossing())
 
 
 def _reason_category(reason: str) -> str:
@@ -68,6 +80,7 @@ class PreparedData:
     image_size: int
     n_selected: int = 0  # records with the task's labels after `limit`, before decoding
     seconds: float = 0.0
+    near_duplicates: dict | None = None  # what near_duplicates.find found (None: not checked)
 
     @property
     def task(self) -> str:
@@ -125,6 +138,42 @@ class PreparedData:
         table = pd.crosstab(self.records["split"], labels)
         return {s: {str(k): int(v) for k, v in table.loc[s].items()} for s in SPLITS if s in table.index}
 
+    def split_kind(self) -> str:
+        """What the split keeps apart: ``"subject-disjoint (N identities)"`` or ``"image-level (...)"``."""
+        grouped = self.near_duplicates["n_clusters"] if self.cfg["data"]["split"]["near_duplicates"] == "group" else None
+        return disjointness(self.records, grouped_clusters=grouped)
+
+    def near_duplicates_crossing(self) -> pd.DataFrame:
+        """The near-duplicate clusters with images on more than one side of the split (empty if none or not checked)."""
+        if "near_duplicate" not in self.records.columns:
+            return near_duplicates.crossing(self.records["path"], self.records["split"], pd.Series(pd.NA, index=self.records.index))
+        return near_duplicates.crossing(self.records["path"], self.records["split"], self.records["near_duplicate"])
+
+    def near_duplicates_summary(self) -> str:
+        """One line: how many near-duplicate clusters the split cuts, or why they were not checked."""
+        found = self.near_duplicates
+        if found is None:
+            return "near duplicates: not checked (the split is subject-disjoint)"
+        if found["n_clusters"] == 0:
+            return f"near duplicates: none among the {len(self.records)} images; {found['method']}"
+        crossing = self.near_duplicates_crossing()
+        where = "kept on one side" if self.cfg["data"]["split"]["near_duplicates"] == "group" else f"{len(crossing)} of them on two sides of the split ({int(crossing['n_images'].sum())} images)"
+        return f"near duplicates: {found['n_clusters']} clusters of {found['n_images']} images, {where}; {found['method']}"
+
+    def _near_duplicates_provenance(self) -> dict:
+        if self.near_duplicates is None:
+            return {"checked": False, "summary": self.near_duplicates_summary()}
+        crossing = self.near_duplicates_crossing()
+        listed = crossing.head(NEAR_DUPLICATES_LISTED)
+        return {
+            "checked": True,
+            "mode": self.cfg["data"]["split"]["near_duplicates"],
+            **self.near_duplicates,
+            "n_crossing": len(crossing),
+            "crossing": [{"splits": row.splits, "paths": row.paths} for row in listed.itertuples()],
+            "summary": self.near_duplicates_summary(),
+        }
+
     def provenance(self) -> dict:
         """Where the data came from and where every record went (JSON-ready)."""
         ds = self.dataset
@@ -145,7 +194,16 @@ class PreparedData:
             "n_quarantined": len(self.quarantine),
             "quarantine_by_stage": {k: int(v) for k, v in self.quarantine["stage"].value_counts().items()},
             "quarantine_by_reason": {k: int(v) for k, v in reasons.items()},
-            "split": {"source": d["split"]["source"], "fractions": d["split"]["fractions"], "test_fold": d["split"]["test_fold"], "seed": self.cfg["seed"], "stratify": TASK_STRATIFY[self.task]},
+            "split_kind": self.split_kind(),
+            "split": {
+                "source": d["split"]["source"],
+                "fractions": d["split"]["fractions"],
+                "test_fold": d["split"]["test_fold"],
+                "seed": d["split"]["seed"],
+                "stratify": TASK_STRATIFY[self.task],
+                "n_identities": n_identities(self.records),
+            },
+            "near_duplicates": self._near_duplicates_provenance(),
             "split_counts": {s: int(counts.get(s, 0)) for s in SPLITS},
             "class_counts": self.class_counts(),
             "image_size": self.image_size,
@@ -198,8 +256,9 @@ def prepare(cfg: dict, results_root, *, progress: bool = True) -> PreparedData:
     records, label_skipped = _with_labels(ds.records, task)
     if records.empty:
         raise DataError(f"{d['dataset']}: none of the {len(ds.records)} records in {ds.root} has the labels task {task} needs ({', '.join(TASK_OUTPUTS[task])})")
+    split_cfg = d["split"]
     if d["limit"] is not None:
-        records = subsample(records, d["limit"], seed=cfg["seed"], stratify=TASK_STRATIFY[task])
+        records = subsample(records, d["limit"], seed=split_cfg["seed"], stratify=TASK_STRATIFY[task])
     size = P.image_size(cfg)
     cache = build_cache(records["path"], size=size, crop=d["crop"], cache_dir=Path(results_root) / "_cache" / "images", progress=progress)
     quarantine = _quarantine(load=ds.skipped, label=label_skipped, decode=cache.skipped)
@@ -209,7 +268,10 @@ def prepare(cfg: dict, results_root, *, progress: bool = True) -> PreparedData:
         first = cache.skipped[0]["reason"] if cache.skipped else "none decoded"
         raise DataError(f"{d['dataset']}: none of the images in {ds.root} could be decoded (e.g. {first})")
     records["row"] = cache.rows(records["path"])
-    split_cfg = d["split"]
-    records["split"] = make_splits(records, source=split_cfg["source"], fractions=split_cfg["fractions"], seed=cfg["seed"], stratify=TASK_STRATIFY[task], test_fold=split_cfg["test_fold"])
-    check_leakage(records, records["split"])
-    return PreparedData(cfg=cfg, dataset=ds, cache=cache, records=records, quarantine=quarantine, image_size=size, n_selected=len(cache.paths) + len(cache.skipped), seconds=time.perf_counter() - start)
+    found = None
+    if split_cfg["near_duplicates"] == "group" or records["subject"].isna().any():  # some images are split image by image
+        records["near_duplicate"], found = near_duplicates.find(records["path"], crop=d["crop"], cache_dir=Path(results_root) / "_cache" / "images", progress=progress)
+    clusters = records["near_duplicate"] if split_cfg["near_duplicates"] == "group" else None
+    records["split"] = make_splits(records, source=split_cfg["source"], fractions=split_cfg["fractions"], seed=split_cfg["seed"], stratify=TASK_STRATIFY[task], test_fold=split_cfg["test_fold"], clusters=clusters)
+    check_leakage(records, records["split"], clusters)
+    return PreparedData(cfg=cfg, dataset=ds, cache=cache, records=records, quarantine=quarantine, image_size=size, n_selected=len(cache.paths) + len(cache.skipped), seconds=time.perf_counter() - start, near_duplicates=found)

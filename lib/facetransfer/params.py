@@ -42,6 +42,7 @@ OPTIMIZERS = ("adam", "sgd", "rmsprop")
 ACTIVATIONS = ("relu", "elu", "gelu", "swish", "tanh")
 POOLINGS = ("flatten", "gap")
 SPLIT_SOURCES = ("random", "dataset", "folds")
+NEAR_DUPLICATES = ("count", "group")  # data.split.near_duplicates (facetransfer.near_duplicates)
 CROPS = ("center", "pad")
 FEATURE_PRECISIONS = ("float32", "bfloat16")  # train.feature_precision (features.at_precision)
 
@@ -206,7 +207,7 @@ def F(kind: str, default=None, **kw) -> Field:
 RUN_SCHEMA = Section(
     {
         "name": F("str", None, nullable=True, doc="human label of the run (not part of its id)"),
-        "seed": F("int", 0, min=0, doc="seeds the split, the weights and the batch order"),
+        "seed": F("int", 0, min=0, doc="seeds the initial weights, the batch order and augmentation; repeats add 1, 2, ... (the split has its own seed, data.split.seed)"),
         "task": F("choice", "gender", choices=TASKS),
         "data": Section(
             {
@@ -224,7 +225,7 @@ RUN_SCHEMA = Section(
                 ),
                 "image_size": F("int", None, min=32, max=512, nullable=True, doc="model input px; null = the backbone's default"),
                 "crop": F("choice", "center", choices=CROPS, doc="center: crop the central square; pad: letterbox"),
-                "limit": F("int", None, min=1, nullable=True, doc="use a seeded stratified subset of this many records"),
+                "limit": F("int", None, min=1, nullable=True, doc="use a stratified subset of this many records (seeded by data.split.seed)"),
                 "frontal": F("bool", True, doc="adience: read the fold_frontal_* files"),
                 "attributes": F("list", [], item=F("str"), doc="extra label columns to keep for subgroup metrics"),
                 "folder": Section(
@@ -244,9 +245,16 @@ RUN_SCHEMA = Section(
                 ),
                 "split": Section(
                     {
-                        "source": F("choice", "random", choices=SPLIT_SOURCES, doc="random: seeded stratified; dataset: the dataset's own partition; folds: Adience folds"),
-                        "fractions": F("list", [0.8, 0.1, 0.1], item=F("float", min=0.0, max=1.0), check=_check_fractions),
+                        "source": F("choice", "random", choices=SPLIT_SOURCES, doc="random: seeded stratified; dataset: the dataset's own partition; folds: Adience folds (test = one fold, train and val from the other four)"),
+                        "fractions": F("list", [0.8, 0.1, 0.1], item=F("float", min=0.0, max=1.0), check=_check_fractions, doc="train, val, test; folds: val takes val / (train + val) of the four training folds"),
                         "test_fold": F("int", 0, min=0, max=4, doc="folds: which fold is the test set"),
+                        "seed": F("int", 0, min=0, doc="seeds the split and data.limit's subset; the same for every repeat, so repeats share one test set"),
+                        "near_duplicates": F(
+                            "choice",
+                            "count",
+                            choices=NEAR_DUPLICATES,
+                            doc="count: near-duplicate images on two sides of an image-level split are counted and listed; group: each near-duplicate cluster is kept on one side (source random)",
+                        ),
                     }
                 ),
             }
@@ -358,6 +366,8 @@ def _cross_checks(p: dict) -> None:
         raise ParamError("data.split.source", f"'dataset' (the dataset's own partition) exists for celeba only, not {d['dataset']}; allowed here: random, folds" if d["dataset"] == "adience" else f"'dataset' exists for celeba only; allowed for {d['dataset']}: random")
     if d["split"]["source"] == "folds" and d["dataset"] != "adience":
         raise ParamError("data.split.source", f"'folds' exists for adience only, not {d['dataset']}")
+    if d["split"]["near_duplicates"] == "group" and d["split"]["source"] != "random":
+        raise ParamError("data.split.near_duplicates", f"'group' needs data.split.source random: the {d['split']['source']} split's test side is fixed by the dataset; allowed here: count (they are counted and listed)")
     if m["strategy"] == "last_n" and m["last_n"] is None:
         raise ParamError("model.last_n", "is required with strategy last_n (an integer >= 1)")
     if m["strategy"] != "last_n" and m["last_n"] is not None:

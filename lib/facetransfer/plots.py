@@ -866,13 +866,27 @@ def task_labels(task: str) -> tuple[str, ...] | None:
 
 
 def provenance_table(provenance: Mapping):
-    """The data's provenance as a two-column table; a red SYNTHETIC banner as its caption."""
-    table = pd.DataFrame([(k, _text(v)) for k, v in provenance.items()], columns=["item", "value"])
+    """The data's provenance as a two-column table; a red SYNTHETIC banner as its caption.
+
+    An entry with a ``summary`` (near duplicates) shows that line; its details are in
+    ``metrics.json`` and in :func:`near_duplicates_table`.
+    """
+    rows = [(k, _text(v["summary"] if isinstance(v, Mapping) and "summary" in v else v)) for k, v in provenance.items()]
+    table = pd.DataFrame(rows, columns=["item", "value"])
     styler = table.style.hide(axis="index")
     if provenance.get("synthetic"):
         styler = styler.set_caption(f"⚠ {SYNTHETIC_NOTE}: every number below comes from procedurally drawn faces").set_table_styles(
             [{"selector": "caption", "props": f"color: {RED}; font-weight: bold; font-size: 1.2em; text-align: left;"}])
     return styler
+
+
+def near_duplicates_table(prepared):
+    """The near-duplicate clusters the split puts on two sides, one row each; the caption says
+    what kind of split it is and what was found (or why nothing was checked)."""
+    table = prepared.near_duplicates_crossing()
+    summary = prepared.near_duplicates_summary()
+    caption = f"Split: {prepared.split_kind()}. {summary[:1].upper()}{summary[1:]}."
+    return table.style.hide(axis="index").set_caption(caption).set_table_styles([{"selector": "caption", "props": "text-align: left;"}])
 
 
 def params_table(cfg: Mapping) -> pd.DataFrame:

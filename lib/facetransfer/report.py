@@ -13,7 +13,8 @@ and writes ``report/index.html``: title and description, a SYNTHETIC banner when
 data is synthetic, the counts of ok / failed runs, one row per run (name, id, key params,
 status, test accuracy / F1 / MAE, training time, the degenerate flag, links to its notebook
 and metrics.json), the figures reported elsewhere next to ours, the data provenance per
-dataset (counts and quarantined files by reason), the environment of the runs, and links
+dataset (counts, quarantined files by reason, what kind of split it is — subject-disjoint
+or image-level — and the near-duplicate clusters an image-level split cuts), the environment of the runs, and links
 to the explore / search / compare pages.
 
 Every page opens from disk, offline (relative links, no server, CSS inline, no script
@@ -61,6 +62,7 @@ KEY_PARAMS = (
     ("seed", "seed"),
 )
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+NEAR_DUPLICATES_SHOWN = 10  # near-duplicate clusters on two sides listed per dataset on the index page
 # Params that change with the dataset only: not repeated in the "params that differ" column.
 FOLLOW_DATASET = {"name", "data.attributes", "eval.subgroups"}
 SYNTHETIC_TEXT = (
@@ -556,6 +558,7 @@ def _provenance_section(runs: list[dict]) -> str:
         reasons = prov.get("quarantine_by_reason") or {}
         quarantine = "<br>".join(f"{e(str(k))}: {e(str(v))}" for k, v in sorted(reasons.items())) or "none"
         splits = prov.get("split_counts") or {}
+        kind = e(str(prov.get("split_kind") or "not recorded (a run from before split kinds were recorded)")) + _near_duplicates_cell(prov.get("near_duplicates"))
         rows.append(
             [
                 e(str(prov.get("dataset"))) + (' <span class="bad">SYNTHETIC</span>' if prov.get("synthetic") else ""),
@@ -565,9 +568,24 @@ def _provenance_section(runs: list[dict]) -> str:
                 e(str(prov.get("n_quarantined", sum(reasons.values()) if reasons else 0))),
                 quarantine,
                 e(", ".join(f"{k} {splits[k]}" for k in sorted(splits, key=lambda k: (SPLIT_ORDER.get(k, 9), k)))),
+                kind,
             ]
         )
-    return _table(["dataset", "root", "records", "usable", "quarantined", "quarantined by reason", "split"], rows, numeric={2, 3, 4})
+    return _table(["dataset", "root", "records", "usable", "quarantined", "quarantined by reason", "split", "split kind"], rows, numeric={2, 3, 4})
+
+
+def _near_duplicates_cell(found: Mapping | None) -> str:
+    """The near-duplicate line of a provenance, and the clusters on two sides (the first few listed)."""
+    if not isinstance(found, Mapping) or not found.get("summary"):
+        return ""
+    out = f'<br><span class="small">{e(str(found["summary"]))}</span>'
+    crossing = found.get("crossing") or []
+    if crossing:
+        items = "".join(f"<li>{e(str(c.get('splits')))}: {e(str(c.get('paths')))}</li>" for c in crossing[:NEAR_DUPLICATES_SHOWN])
+        more = int(found.get("n_crossing", len(crossing))) - min(len(crossing), NEAR_DUPLICATES_SHOWN)
+        tail = f'<li class="muted">and {more} more (the explore page lists them all)</li>' if more > 0 else ""
+        out += f'<ul class="small">{items}{tail}</ul>'
+    return out
 
 
 def _environment_section(runs: list[dict]) -> str:

@@ -1,29 +1,36 @@
-"""Train / val / test splits: seeded, stratified, subject-disjoint, checked for leakage.
+"""Train / val / test splits: seeded, stratified, grouped, checked for leakage.
 
 ``make_splits`` returns a Series of ``"train"`` / ``"val"`` / ``"test"`` aligned with the
 records' index. Three sources:
 
 - ``random``: seeded and stratified on one column. Records are assigned in whole
-  *groups*: all records of one subject (a non-null ``subject``) form one group, a record
-  without a subject is a group of its own, so no subject is ever on two sides. Within each
-  stratum the groups are shuffled (``np.random.default_rng(seed)``) and laid end to end;
-  a group goes to the split in which its midpoint falls, so the fractions are met up to
-  about half a group per stratum. A group's stratum is its most common label.
+  *groups*: all records of one subject (a non-null ``subject``) form one group, and so do
+  all records of one near-duplicate cluster when ``clusters`` is given (a cluster that
+  touches subjects joins them into one group); any other record is a group of its own, so
+  no subject and no such cluster is ever on two sides. Within each stratum the groups are
+  shuffled (``np.random.default_rng(seed)``) and laid end to end; a group goes to the split
+  in which its midpoint falls, so the fractions are met up to about half a group per
+  stratum. A group's stratum is its most common label.
 - ``dataset``: the dataset's own partition (CelebA's ``source_split`` column).
-- ``folds``: Adience's subject-exclusive folds: test = fold ``test_fold``,
-  val = fold ``(test_fold + 1) % 5``, train = the other three.
+- ``folds``: Adience's subject-exclusive folds, the published protocol: test = fold
+  ``test_fold``; the other four folds are train and val, val carved from them as a
+  ``random`` split (grouped by subject, seeded, stratified) taking
+  ``val / (train + val)`` of the ``fractions``.
 
 Stratification column: a categorical column (``gender``, ``age_group``, ...) is used as
 is; a float column (``age`` in years) is binned into decades, 80+ pooled. A split that
 is empty, or that leaves a class of a categorical stratify column out of train or test,
-is a :class:`DataError`. :func:`check_leakage` re-checks any split for a path or a subject
-on two sides.
+is a :class:`DataError`. :func:`check_leakage` re-checks any split for a path, a subject
+(or a near-duplicate cluster, when given) on two sides. :func:`disjointness` is the one
+sentence that says which kind of split a records table gets.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from facetransfer.errors import DataError, FacetransferError
 from facetransfer.io import atomic_write_csv
@@ -64,17 +71,58 @@ def stratum_labels(records: pd.DataFrame, column: str | None) -> pd.Series:
     return labels.astype(str)
 
 
-def _group_keys(records: pd.DataFrame) -> pd.Series:
-    """Subject id where there is one, else the record itself."""
+def _subjects(records: pd.DataFrame) -> pd.Series:
+    return records["subject"] if "subject" in records.columns else pd.Series(pd.NA, index=records.index, dtype="string")
+
+
+def n_identities(records: pd.DataFrame) -> int:
+    """Distinct non-null subjects in ``records`` (0 for a dataset without identities)."""
+    return int(_subjects(records).dropna().nunique())
+
+
+def disjointness(records: pd.DataFrame, *, grouped_clusters: int | None = None) -> str:
+    """The one sentence saying what a split of ``records`` keeps apart.
+
+    ``"subject-disjoint (812 identities)"`` or ``"image-level (this dataset has no
+    identities)"``; records without a subject among others with one are named;
+    ``grouped_clusters``: near-duplicate clusters also kept on one side.
+    """
+    subjects = _subjects(records)
+    n = n_identities(records)
+    if n == 0:
+        text = "image-level (this dataset has no identities)"
+    else:
+        lone = int(subjects.isna().sum())
+        text = f"subject-disjoint ({n} identities" + (f"; {lone} images without one are split image by image)" if lone else ")")
+    if grouped_clusters is not None:
+        text += f"; {grouped_clusters} near-duplicate clusters kept on one side"
+    return text
+
+
+def _group_keys(records: pd.DataFrame, clusters: pd.Series | None = None) -> pd.Series:
+    """Subject id where there is one, else the near-duplicate cluster, else the record itself.
+
+    A cluster that touches subjects, or two subjects, joins them all into one group
+    (connected components), named after the cluster; a group of one subject keeps its name.
+    """
     own = pd.Series(["r:" + str(i) for i in records.index], index=records.index)
-    if "subject" not in records.columns:
-        return own
-    subject = records["subject"]
-    return own.where(subject.isna(), "s:" + subject.astype(str))
+    subject = _subjects(records)
+    keys = own.where(subject.isna(), "s:" + subject.astype(str))
+    if clusters is None or clusters.isna().all():
+        return keys
+    keys = keys.where(clusters.isna(), "d:" + clusters.astype(str)).where(subject.isna(), keys)
+    links = pd.DataFrame({"a": keys, "b": "d:" + clusters.astype(str)})[clusters.notna() & subject.notna()]
+    if links.empty:
+        return keys
+    names = pd.Index(sorted(set(keys) | set(links["b"])))
+    graph = coo_matrix((np.ones(len(links)), (names.get_indexer(links["a"]), names.get_indexer(links["b"]))), shape=(len(names), len(names)))
+    component = pd.Series(connected_components(graph, directed=False)[1], index=names)
+    name = pd.Series(names, index=names).groupby(component.to_numpy()).min()  # "d:" < "s:": a subject names it only without a cluster
+    return keys.map(component).map(name)
 
 
-def _random_split(records: pd.DataFrame, fractions, seed: int, stratify: str | None) -> pd.Series:
-    frame = pd.DataFrame({"group": _group_keys(records), "label": stratum_labels(records, stratify)})
+def _random_split(records: pd.DataFrame, fractions, seed: int, stratify: str | None, clusters: pd.Series | None = None) -> pd.Series:
+    frame = pd.DataFrame({"group": _group_keys(records, clusters), "label": stratum_labels(records, stratify)})
     counts = frame.groupby(["group", "label"]).size().rename("n").reset_index()
     counts = counts.sort_values(["group", "n", "label"], ascending=[True, False, True], kind="stable")
     groups = counts.drop_duplicates("group").set_index("group")["label"].rename("stratum").to_frame()
@@ -106,14 +154,17 @@ def _dataset_split(records: pd.DataFrame) -> pd.Series:
     return split.rename("split")
 
 
-def _fold_split(records: pd.DataFrame, test_fold: int) -> pd.Series:
+def _fold_split(records: pd.DataFrame, test_fold: int, fractions, seed: int, stratify: str | None) -> pd.Series:
     fold = _column_split(records, "fold", "folds").astype(int)
     bad = fold[~fold.between(0, N_FOLDS - 1)]
     if len(bad):
         raise DataError(f"split: fold {bad.iloc[0]} is not in 0..{N_FOLDS - 1} ({records.loc[bad.index[0], 'path']})")
-    val_fold = (test_fold + 1) % N_FOLDS
-    split = np.where(fold == test_fold, "test", np.where(fold == val_fold, "val", "train"))
-    return pd.Series(split, index=records.index, name="split")
+    split = pd.Series("test", index=records.index, name="split")
+    rest = records[fold != test_fold]
+    if len(rest):
+        val = fractions[1] / (fractions[0] + fractions[1])
+        split[rest.index] = _random_split(rest, (1 - val, val, 0.0), seed, stratify)
+    return split
 
 
 def _check_args(records, source, fractions, test_fold) -> None:
@@ -145,18 +196,24 @@ def _check_split(records, split: pd.Series, stratify, val_expected: bool) -> Non
             raise DataError(f"split: the {name} split has no records with {stratify} = {missing[0]} ({counts.get(name, 0)} records in it); use more records, another seed or other fractions")
 
 
-def make_splits(records: pd.DataFrame, *, source: str = "random", fractions=(0.8, 0.1, 0.1), seed: int = 0, stratify: str | None = "gender", test_fold: int = 0) -> pd.Series:
-    """``"train"`` / ``"val"`` / ``"test"`` per record (index = ``records.index``)."""
+def make_splits(records: pd.DataFrame, *, source: str = "random", fractions=(0.8, 0.1, 0.1), seed: int = 0, stratify: str | None = "gender", test_fold: int = 0, clusters: pd.Series | None = None) -> pd.Series:
+    """``"train"`` / ``"val"`` / ``"test"`` per record (index = ``records.index``).
+
+    ``clusters``: a near-duplicate cluster key per record (NA: none), kept on one side;
+    ``random`` source only (the other sources are fixed by the dataset).
+    """
     fractions = tuple(float(f) for f in fractions)
     _check_args(records, source, fractions, test_fold)
+    if clusters is not None and source != "random":
+        raise DataError(f"split: near-duplicate clusters can be kept on one side by the random source only, not {source!r} (its test side is fixed by the dataset)")
     if source == "random":
-        split = _random_split(records, fractions, seed, stratify)
+        split = _random_split(records, fractions, seed, stratify, clusters)
     elif source == "dataset":
         split = _dataset_split(records)
     else:
-        split = _fold_split(records, test_fold)
+        split = _fold_split(records, test_fold, fractions, seed, stratify)
     split = split.astype(str).rename("split")
-    _check_split(records, split, stratify, val_expected=source != "random" or fractions[1] > 0)
+    _check_split(records, split, stratify, val_expected=source == "dataset" or fractions[1] > 0)
     return split
 
 
@@ -169,8 +226,8 @@ def _first_on_two_sides(keys: pd.Series, split: pd.Series) -> tuple[str, list[st
     return str(crossing.index[0]), sorted(crossing.iloc[0]), len(crossing)
 
 
-def check_leakage(records: pd.DataFrame, split: pd.Series) -> None:
-    """Raise :class:`LeakageError` if a path or a subject is in more than one split."""
+def check_leakage(records: pd.DataFrame, split: pd.Series, clusters: pd.Series | None = None) -> None:
+    """Raise :class:`LeakageError` if a path, a subject or (given) a near-duplicate cluster is in more than one split."""
     if not split.index.equals(records.index):
         raise FacetransferError("check_leakage: the split's index differs from the records' index")
     found = _first_on_two_sides(records["path"], split)
@@ -182,6 +239,11 @@ def check_leakage(records: pd.DataFrame, split: pd.Series) -> None:
         if found:
             key, sides, n = found
             raise LeakageError(f"leakage: subject {key} is in {' and '.join(sides)} ({n} subjects on more than one side)")
+    if clusters is not None:
+        found = _first_on_two_sides(clusters, split)
+        if found:
+            key, sides, n = found
+            raise LeakageError(f"leakage: the near-duplicate cluster of {key} is in {' and '.join(sides)} ({n} clusters on more than one side)")
 
 
 def save_splits(path, records: pd.DataFrame, split: pd.Series) -> None:

@@ -11,7 +11,7 @@ A study names the runs of ``03_finetune`` and the study-level stages around them
     runs:                            # named groups of runs
       - {name: source, set: {task: age, data.dataset: utkface}, grid: {...}}
       - {name: tuned, use_search: true}
-    repeats: 1                       # every configuration with seeds seed, seed+1, ...
+    repeats: 1                       # every configuration with seeds seed, seed+1, ... (same split)
     search: {...}                    # the 02_search spec (see facetransfer.search)
     reported: [{match: {train.learning_rate: 0.001}, metrics: {test.accuracy: 0.94}, source: "..."}]
 
@@ -29,7 +29,11 @@ Expansion. A top-level ``grid``, or the absence of ``runs``, makes a group named
 5. ``--set <key>=<value>`` overrides (every run);
 6. validation by :func:`facetransfer.params.resolve_run`; ``name`` becomes the run name;
    a relative ``data.root`` or weights file becomes absolute (against the current folder);
-7. repeat ``k`` adds ``k`` to ``seed``;
+7. repeat ``k`` adds ``k`` to ``seed``: the initial weights, the batch order and augmentation
+   change, the split and ``data.limit``'s subset do not (they follow ``data.split.seed``, fixed
+   for the study unless a grid or group sets it), so ``repeats: N`` measures training variance
+   on ONE test set and the repeats pair image by image. To vary the split on purpose, grid
+   over ``data.split.seed`` (its runs are named ``split_seed=<k>``);
 8. ``model.weights: run:<name>`` becomes ``run:<run id>`` of that run of the study (a bare
    12-hex id is kept as it is). A group name with several runs is matched by repeat index.
 
@@ -81,7 +85,7 @@ REPORTED_KEYS = ("match", "metrics", "source", "n_test")
 OVERRIDABLE_STUDY_KEYS = ("repeats", "stages", "title", "description")
 MAIN_GROUP = "main"
 MAX_RUNS = 1000
-LABELS = {"learning_rate": "lr", "batch_size": "batch"}
+LABELS = {"learning_rate": "lr", "batch_size": "batch", "data.split.seed": "split_seed"}  # by last part or whole key
 _HEX_ID = re.compile(r"[0-9a-f]{12}")
 _STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -494,7 +498,7 @@ def _fmt_value(value: Any) -> str:
 
 
 def _labels(keys: Sequence[str]) -> dict[str, str]:
-    short = {k: LABELS.get(k.split(".")[-1], k.split(".")[-1]) for k in keys}
+    short = {k: LABELS.get(k, LABELS.get(k.split(".")[-1], k.split(".")[-1])) for k in keys}
     counts: dict[str, int] = {}
     for label in short.values():
         counts[label] = counts.get(label, 0) + 1
