@@ -43,6 +43,7 @@ ACTIVATIONS = ("relu", "elu", "gelu", "swish", "tanh")
 POOLINGS = ("flatten", "gap")
 SPLIT_SOURCES = ("random", "dataset", "folds")
 CROPS = ("center", "pad")
+BATCHNORM_MODES = ("frozen", "train")  # model.batchnorm (models.strategies)
 FEATURE_PRECISIONS = ("float32", "bfloat16")  # train.feature_precision (features.at_precision)
 
 # Which datasets carry which labels (folder: whatever columns its spec names).
@@ -257,6 +258,12 @@ RUN_SCHEMA = Section(
                 "weights": F("str", "imagenet", check=_check_weights, doc="imagenet | none | path to a weights file | run:<run_id or name>"),
                 "strategy": F("choice", "frozen", choices=STRATEGIES),
                 "last_n": F("int", None, min=1, nullable=True, doc="with strategy last_n: how many layers of the backbone train"),
+                "batchnorm": F(
+                    "choice",
+                    "frozen",
+                    choices=BATCHNORM_MODES,
+                    doc="backbone BatchNorm layers in a trained block: frozen = inference mode, statistics and scale fixed (the Keras fine-tuning advice); train = they train with their block",
+                ),
                 "head": Section(
                     {
                         "pooling": F("choice", "gap", choices=POOLINGS),
