@@ -295,3 +295,36 @@ def test_age_output_starts_at_the_median_training_age():
     gender_only = keras.Model(inputs, {"gender": keras.layers.Dense(1, name="gender")(inputs)})
     init_age_output(gender_only, {"gender": np.array([0, 1])}, log)
     assert len(log) == 1  # nothing to do without an age output
+
+
+def test_batch_size_one_into_a_batch_norm_head_is_refused():
+    with pytest.raises(ParamError) as err:
+        params.resolve_run({**_raw(), "model": {**_raw()["model"], "head": {"batch_norm": True}}, "train": {"batch_size": 1}})
+    assert err.value.key == "train.batch_size" and "model.head.batch_norm" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert isinstance(err.value, params.CannotLearn)
+    params.resolve_run({**_raw(), "train": {"batch_size": 1}})  # without a BN head batch 1 is fine
+
+
+def _raw():
+    return {"data": {"dataset": "folder", "root": "/tiny", "folder": {"gender_column": "gender"}}, "model": {"backbone": "compact", "weights": "none", "strategy": "full"}}
+
+
+@pytest.mark.parametrize("feature_path", [False, True])
+def test_a_last_training_batch_of_one_is_merged_into_the_one_before(feature_path, tmp_path):
+    """17 training images at batch size 8: batches of 8 and 9, never a batch of one (a BN head
+    would normalise it to its beta); every image once per epoch."""
+    cfg = tiny_cfg(batch_size=8)
+    data = tiny_data(cfg, n=26)  # 17 train, 4 val, 5 test
+    assert len(data.rows("train")) == 17
+    if feature_path:
+        inp = keras.Input((SIZE, SIZE, 3))
+        prefix = keras.Model(inp, keras.layers.Rescaling(1.0)(inp))
+        train_in, _, _ = train._feature_inputs(prefix, data, cfg, ["train", "val"], None, tmp_path, [])
+    else:
+        train_in, _ = train._image_inputs(data, cfg, ["train", "val"], None)
+    for epoch in range(2):
+        sizes = [len(train_in[i][1]["gender"]) for i in range(len(train_in))]
+        assert sizes == [8, 9]
+        train_in.on_epoch_end()
+    assert train.no_batch_of_one(train_in, 16, 8) is train_in  # nothing to merge

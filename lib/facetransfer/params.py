@@ -346,6 +346,12 @@ RUN_SCHEMA = Section(
 )
 
 
+class CannotLearn(ParamError):
+    """Valid values that together cannot learn (e.g. batch size 1 into a BatchNorm head).
+
+    A search skips such a trial with this reason instead of failing (search.py)."""
+
+
 def _cross_checks(p: dict) -> None:
     d, m, t = p["data"], p["model"], p["train"]
     if d["synthetic"] is not None:
@@ -371,6 +377,11 @@ def _cross_checks(p: dict) -> None:
         raise ParamError("model.weights", f"no ImageNet weights exist for the custom CNN {m['backbone']!r}; allowed: none, a weights file, run:<run_id>")
     if m["weights"] == "none" and m["strategy"] != "full":
         raise ParamError("model.strategy", f"{m['strategy']!r} freezes random weights (model.weights is none); use full, or pretrained weights")
+    if m["head"]["batch_norm"] and t["batch_size"] == 1:
+        raise CannotLearn(
+            "train.batch_size",
+            "1 with model.head.batch_norm: true cannot learn (a batch of one has zero variance, so BatchNorm outputs its beta whatever the image); allowed: batch_size >= 2, or model.head.batch_norm: false",
+        )
     for key in ("early_stopping", "reduce_lr"):
         sec = t[key]
         if sec is not None and sec["monitor"] not in ("val_loss", "loss") and not sec["monitor"].startswith("val_"):

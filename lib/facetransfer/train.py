@@ -190,6 +190,38 @@ class OutputWeights(keras.utils.PyDataset):
         self.feeder.on_epoch_end()
 
 
+class NoBatchOfOne(keras.utils.PyDataset):
+    """Merges a last training batch of ONE sample into the batch before it.
+
+    A batch of one has zero variance: a training-mode BatchNormalization (a BN head, or
+    ``model.batchnorm: train``) would normalise it to its beta and learn nothing from it.
+    Merging (not dropping) keeps every training sample in every epoch; batches other than
+    the last two are the wrapped feeder's own, in its order.
+    """
+
+    def __init__(self, feeder):
+        super().__init__(workers=feeder.workers, use_multiprocessing=feeder.use_multiprocessing, max_queue_size=feeder.max_queue_size)
+        self.feeder = feeder
+
+    def __len__(self) -> int:
+        return len(self.feeder) - 1
+
+    def __getitem__(self, i):
+        if i < len(self) - 1:
+            return self.feeder[i]
+        return keras.tree.map_structure(lambda a, b: np.concatenate([a, b]), self.feeder[i], self.feeder[i + 1])
+
+    def on_epoch_end(self):
+        self.feeder.on_epoch_end()
+
+
+def no_batch_of_one(feeder, n_samples: int, batch_size: int):
+    """``feeder`` itself, or wrapped in :class:`NoBatchOfOne` when its last batch holds one sample."""
+    if batch_size > 1 and n_samples > batch_size and n_samples % batch_size == 1:
+        return NoBatchOfOne(feeder)
+    return feeder
+
+
 def _weighted(feeder, cfg: dict):
     names = OUTPUTS[cfg["task"]]
     if cfg["train"]["class_weight"] is None or len(names) == 1:
@@ -312,7 +344,7 @@ def _image_inputs(data, cfg: dict, splits: list[str], weights):
     t = cfg["train"]
     train = data.feeder("train", batch_size=t["batch_size"], shuffle=True, augment=t["augment"], seed=cfg["seed"], sample_weight=weights)
     val = data.feeder("val", batch_size=t["batch_size"]) if "val" in splits else None
-    return _weighted(train, cfg), val
+    return no_batch_of_one(_weighted(train, cfg), len(data.rows("train")), t["batch_size"]), val
 
 
 def _feature_inputs(prefix, data, cfg: dict, splits: list[str], weights, results_root, log: list[str]):
@@ -326,7 +358,7 @@ def _feature_inputs(prefix, data, cfg: dict, splits: list[str], weights, results
         _say(log, f"features {split} at {prefix.layers[-1].name} ({t['feature_precision']}): {what}, {tuple(feats[split].shape)} in {time.perf_counter() - start:.1f} s")
     train = ArrayFeeder(feats["train"], data.targets("train"), batch_size=t["batch_size"], shuffle=True, seed=cfg["seed"], sample_weight=weights)
     val = ArrayFeeder(feats["val"], data.targets("val"), batch_size=t["batch_size"]) if "val" in feats else None
-    return _weighted(train, cfg), val, computed
+    return no_batch_of_one(_weighted(train, cfg), len(feats["train"]), t["batch_size"]), val, computed
 
 
 def fit(model: keras.Model, data, cfg: dict, run_dir, *, results_root, verbose="auto") -> TrainResult:
