@@ -323,7 +323,7 @@ def test_a_last_training_batch_of_one_is_merged_into_the_one_before(feature_path
         train_in, _, _ = train._feature_inputs(prefix, data, cfg, ["train", "val"], None, tmp_path, [])
     else:
         train_in, _ = train._image_inputs(data, cfg, ["train", "val"], None)
-    for epoch in range(2):
+    for _epoch in range(2):
         sizes = [len(train_in[i][1]["gender"]) for i in range(len(train_in))]
         assert sizes == [8, 9]
         train_in.on_epoch_end()
