@@ -216,9 +216,10 @@ class _Trials:
         self.metric = metric
         self.verbose = verbose
         self._data: dict[str, Any] = {}
+        self._fingerprints: dict = {}  # data fingerprints, computed once per data set
 
     def score(self, cfg: dict) -> dict:
-        tid = P.run_id(cfg)
+        tid = P.run_id(cfg, fingerprints=self._fingerprints)
         path = self.out_dir / "trials" / f"{tid}.json"
         if path.exists():
             return read_json(path)
@@ -238,7 +239,7 @@ class _Trials:
         start = time.perf_counter()
         train.configure(cfg)  # seed first: the initial weights must not depend on the trials before
         model = models.build_model(cfg, results_root=self.results_root)
-        trial_dir = self.out_dir / "trials" / P.run_id(cfg)
+        trial_dir = self.out_dir / "trials" / P.run_id(cfg, fingerprints=self._fingerprints)
         result = train.fit(model, data, cfg, trial_dir, results_root=self.results_root, verbose=self.verbose)
         val = evaluate.evaluate_split(model, data, cfg, "val")
         hist = result.history
