@@ -251,6 +251,7 @@ def test_frozen_batch_norm_keeps_its_statistics_in_fit(built):
 @pytest.mark.parametrize("strategy", ["last_block", "full"])
 def test_backbone_batch_norm_stays_in_inference_mode_by_default(built, strategy):
     cfg = make_cfg("compact", strategy=strategy, batchnorm="frozen")
+    cfg["model"]["weights"] = "run:0123456789ab"  # pretrained: its BN statistics are worth keeping
     assert resolve_run({"data": {"synthetic": {"n": 10}}})["model"]["batchnorm"] == "frozen"  # the default
     changed = _fit_and_compare_bn(built["compact"], cfg)
     assert not any(changed.values()), changed
@@ -258,3 +259,11 @@ def test_backbone_batch_norm_stays_in_inference_mode_by_default(built, strategy)
     assert "block4_conv" in summary["trainable_layers"] and "block4_bn" not in summary["trainable_layers"]
     changed = _fit_and_compare_bn(built["compact"], make_cfg("compact", strategy=strategy, batchnorm="train"))
     assert changed["block4_bn"] and changed["block1_bn"] == (strategy == "full")
+
+
+def test_batch_norm_of_a_backbone_trained_from_scratch_trains(built):
+    """model.weights: none — no pretrained statistics to keep: BN trains under the default too."""
+    cfg = make_cfg("compact", strategy="full", batchnorm="frozen")
+    assert cfg["model"]["weights"] == "none"
+    changed = _fit_and_compare_bn(built["compact"], cfg)
+    assert all(changed.values()), changed

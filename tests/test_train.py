@@ -11,7 +11,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from facetransfer import evaluate, models, params, train
 from facetransfer.data import PreparedData
-from facetransfer.errors import ParamError
+from facetransfer.errors import FacetransferError, ParamError
 from facetransfer.images import ImageCache
 
 SIZE = 16
@@ -328,3 +328,30 @@ def test_a_last_training_batch_of_one_is_merged_into_the_one_before(feature_path
         assert sizes == [8, 9]
         train_in.on_epoch_end()
     assert train.no_batch_of_one(train_in, 16, 8) is train_in  # nothing to merge
+
+
+def test_reuse_loads_the_trained_model_instead_of_training(tmp_path, capsys):
+    """eval.* changed only: fit(reuse=True) loads model.keras, trains nothing, and says so."""
+    from facetransfer import artifacts
+    from facetransfer.io import atomic_write_json
+
+    cfg = tiny_cfg()
+    data = tiny_data(cfg)
+    model = tiny_model("gender")
+    result = train.fit(model, data, cfg, tmp_path, results_root=tmp_path, verbose=0)
+    artifacts.save_model(model, tmp_path / "model.keras")
+    result.history.to_csv(tmp_path / "history.csv", index=False)
+    metrics = {"run_id": "0123456789ab", "status": "ok", "params": cfg, "used_feature_cache": False, "timing": {**result.timings, "epochs": 1}}
+    atomic_write_json(tmp_path / "metrics.json", metrics)
+    capsys.readouterr()
+    again = tiny_model("gender", seed=5)
+    changed = params.resolve_run({**cfg, "eval": {**cfg["eval"], "bootstrap": 10}})
+    reused = train.fit(again, data, changed, tmp_path, results_root=tmp_path, verbose=0, reuse=True)
+    for a, b in zip(again.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert "only eval.* changed, no retraining" in capsys.readouterr().out
+    assert "Epoch" not in "".join(reused.log) and reused.timings["train_seconds"] == result.timings["train_seconds"]
+    pd.testing.assert_frame_equal(reused.history, pd.read_csv(tmp_path / "history.csv"))
+    other = params.resolve_run({**cfg, "train": {**cfg["train"], "epochs": 2}})
+    with pytest.raises(FacetransferError, match="not trained .* with these training params"):
+        train.fit(tiny_model("gender"), data, other, tmp_path, results_root=tmp_path, verbose=0, reuse=True)

@@ -263,7 +263,7 @@ RUN_SCHEMA = Section(
                     "choice",
                     "frozen",
                     choices=BATCHNORM_MODES,
-                    doc="backbone BatchNorm layers in a trained block: frozen = inference mode, statistics and scale fixed (the Keras fine-tuning advice); train = they train with their block",
+                    doc="backbone BatchNorm layers in a trained block: frozen = inference mode, pretrained statistics and scale kept (the Keras fine-tuning advice; with weights none there are none to keep: they train); train = they train with their block",
                 ),
                 "head": Section(
                     {
