@@ -451,7 +451,8 @@ def identity(resolved: Mapping, *, fingerprints: dict | None = None) -> dict:
     body["data"].pop("root")
     body["train"].pop("mixed_precision")  # replaced by the policy it resolves to here
     memo = {} if fingerprints is None else fingerprints
-    key = json.dumps(resolved["data"]["synthetic"]) if resolved["data"]["synthetic"] is not None else resolved["data"]["root"]
+    data = resolved["data"]
+    key = json.dumps([data["dataset"], data["synthetic"], data["root"]], sort_keys=True)
     if key not in memo:
         memo[key] = data_fingerprint(resolved["data"])
     return {
