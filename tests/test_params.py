@@ -47,3 +47,49 @@ def test_describe_lists_every_leaf():
     keys = {row.key for row in describe()}
     assert {"model.head.dropout", "train.early_stopping.patience", "data.split.source"} <= keys
 
+
+
+def _folder_dataset(root):
+    (root / "img").mkdir(parents=True)
+    for i in range(3):
+        (root / "img" / f"{i}.jpg").write_bytes(bytes([i]) * (10 + i))
+    (root / "labels.csv").write_text("path,gender\nimg/0.jpg,0\nimg/1.jpg,1\nimg/2.jpg,1\n")
+    return root
+
+
+def _folder_params(root, **over):
+    raw = {"data": {"dataset": "folder", "root": str(root), "folder": {"gender_column": "gender"}}, **over}
+    return resolve_run(raw)
+
+
+def test_run_id_follows_the_trained_model_not_eval_or_the_data_path(tmp_path):
+    import shutil
+
+    a = _folder_params(_folder_dataset(tmp_path / "a"))
+    b = _folder_params(shutil.copytree(tmp_path / "a", tmp_path / "elsewhere" / "b"))
+    assert run_id(a) == run_id(b)  # a moved (copied) data folder is recognised
+    assert run_id(a) == run_id(_folder_params(tmp_path / "a", eval={"bootstrap": 10, "saliency": 0}))  # eval.* re-evaluates
+    assert run_id(a) != run_id(_folder_params(tmp_path / "a", train={"epochs": 3}))
+    (tmp_path / "elsewhere" / "b" / "labels.csv").write_text("path,gender\nimg/0.jpg,1\nimg/1.jpg,1\nimg/2.jpg,1\n")
+    assert run_id(a) != run_id(b)  # same files, other labels: other data
+    (tmp_path / "a" / "img" / "3.jpg").write_bytes(b"x")
+    assert run_id(a) != run_id(_folder_params(_folder_dataset(tmp_path / "c")))  # an image more
+
+
+def test_run_id_includes_the_backend_and_the_resolved_precision(monkeypatch):
+    import keras
+
+    from facetransfer import params, runtime
+
+    cfg = resolve_run(SYNTH)
+    identity = params.identity(cfg)
+    assert identity["backend"] == keras.backend.backend() and identity["precision"] == "float32"
+    assert identity["data_fingerprint"].startswith("synthetic:")
+    cpu = run_id(cfg)
+    assert run_id(resolve_run({**SYNTH, "train": {"mixed_precision": "off"}})) == cpu  # both float32 here
+    monkeypatch.setattr(runtime, "has_gpu", lambda found=None: True)
+    assert params.identity(cfg)["precision"] == "mixed_float16"
+    assert run_id(cfg) != cpu  # auto: float16 on a GPU, float32 on a CPU — not the same model
+    monkeypatch.setattr(runtime, "has_gpu", lambda found=None: False)
+    monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
+    assert run_id(cfg) != cpu

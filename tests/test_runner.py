@@ -377,3 +377,32 @@ def test_a_run_removes_temporary_files_of_killed_writers(tmp_path, notebooks, ca
     assert not any(p.exists() for p in orphans)
     assert f"removed 1 temporary file(s) left by killed processes under {results.resolve() / '_cache'} (1.0 MiB)" in out
     assert f"removed 1 temporary file(s) left by killed processes under {results.resolve() / 'tiny'} (1.0 MiB)" in out
+
+
+REEVALUATE = FINETUNE + """
+pathlib.Path(run_dir, "model.keras").write_text("stand-in")
+pathlib.Path(run_dir, "history.csv").write_text("epoch\\n1\\n")
+with open(pathlib.Path(run_dir) / "calls.txt", "a") as calls:
+    calls.write(f"{globals().get('reevaluate', False)} {params['eval']['bootstrap']}\\n")
+"""
+
+
+def test_eval_changes_re_evaluate_the_saved_model_without_retraining(tmp_path, capsys):
+    """eval.* is not part of the run id: the same run folder, its notebook told to re-evaluate
+    (03_finetune then loads model.keras instead of training: train.reuse_trained)."""
+    notebooks = write_notebooks(tmp_path / "notebooks")
+    nb = nbformat.read(notebooks / "03_finetune.ipynb", as_version=4)
+    nb.cells[2].source = REEVALUATE
+    nbformat.write(nb, notebooks / "03_finetune.ipynb")
+    path = write_study(tmp_path, study_body(stages=["finetune"], grid={"train.learning_rate": [0.001]}))
+    results = tmp_path / "results"
+    assert runner.run_study(path, results=results, notebooks=notebooks, report=False) == 0
+    (run_dir,) = (results / "tiny" / "runs").iterdir()
+    capsys.readouterr()
+    assert runner.run_study(path, results=results, notebooks=notebooks, report=False, overrides=["eval.bootstrap=10"]) == 0
+    out = capsys.readouterr().out
+    assert f"re-evaluate {run_dir.name} main lr=0.001: eval.bootstrap changed; the saved model, no retraining" in out
+    assert [p.name for p in (results / "tiny" / "runs").iterdir()] == [run_dir.name]  # same run id
+    assert runner.run_study(path, results=results, notebooks=notebooks, report=False, overrides=["eval.bootstrap=10"]) == 0
+    assert f"skip {run_dir.name} (complete)" in capsys.readouterr().out
+    assert (run_dir / "calls.txt").read_text().splitlines() == ["False 1000", "True 10"]

@@ -135,3 +135,91 @@ def test_a_trial_scores_the_same_whatever_ran_before(tmp_path):
         result = trials._train(cfg)
         scores.append((result["score"], result["val_loss"], result["val"]["confusion_matrix"]))
     assert scores[0] == scores[1]
+
+
+def test_a_value_that_cannot_learn_is_skipped_with_its_reason(tmp_path, scored, capsys):
+    """adience_tuning: batch size 1 with a BatchNorm head stays in the space but never trains."""
+    base = {**BASE, "model": {**BASE["model"], "head": {"batch_norm": True}}}
+    spec = {**SPEC, "sequential": [{"key": "train.batch_size", "values": [1, 16, 32]}]}
+    result = search.sequential_search(base, spec, out_dir=tmp_path, results_root=tmp_path)
+    assert [c["train"]["batch_size"] for c in scored] == [16, 32]
+    assert result.best["train.batch_size"] == 32
+    assert result.skipped == [{"key": "train.batch_size", "value": 1, "reason": result.skipped[0]["reason"]}]
+    assert "model.head.batch_norm" in result.skipped[0]["reason"]
+    assert "skip train.batch_size=1" in capsys.readouterr().out
+    import json
+
+    assert json.loads(search.write_best(tmp_path, result).read_text())["skipped"] == result.skipped
+    only_one = {**SPEC, "sequential": [{"key": "train.batch_size", "values": [1]}]}
+    with pytest.raises(ParamError, match="no value of train.batch_size can learn"):
+        search.sequential_search(base, only_one, out_dir=tmp_path, results_root=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "optuna, words",
+    [
+        ({"n_trials": 4}, "TPE after 1 random trials (4 trials)"),
+        ({"n_trials": 12}, "TPE after 4 random trials (12 trials)"),
+        ({"n_trials": 4, "n_startup_trials": 10}, "random (4 trials; TPE would start after 10 random trials)"),
+        ({"n_trials": 4, "sampler": "random"}, "random (4 trials)"),
+    ],
+)
+def test_optuna_says_how_it_really_samples(tmp_path, scored, optuna, words):
+    space = {"train.learning_rate": {"low": 0.0001, "high": 0.01, "log": True}}
+    spec = search.validate_spec({"set": {"train.epochs": 2}, "optuna": {**optuna, "space": space}}, BASE)
+    assert search.sampler_description(spec["optuna"]) == words
+    result = search.optuna_search(BASE, spec, out_dir=tmp_path, results_root=tmp_path)
+    assert result.method == f"optuna: {words}"
+
+
+def test_tpe_leaves_its_random_start_up_phase(tmp_path, scored, monkeypatch):
+    """After n_startup_trials, TPE proposes values (Optuna's TPESampler.n_startup_trials)."""
+    import optuna
+
+    seen = {}
+    original = optuna.samplers.TPESampler.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.update(kwargs)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.samplers.TPESampler, "__init__", spy)
+    spec = {"set": {"train.epochs": 2}, "optuna": {"n_trials": 6, "space": {"model.head.dropout": {"low": 0.0, "high": 0.5}}}}
+    search.optuna_search(BASE, spec, out_dir=tmp_path, results_root=tmp_path)
+    assert seen["n_startup_trials"] == 2
+
+
+def test_search_use_chooses_what_feeds_use_search_runs(tmp_path, scored):
+    optuna_part = {"n_trials": 3, "sampler": "random", "space": {"model.head.dropout": {"low": 0.0, "high": 0.5}}}
+    spec = {**SPEC, "optuna": optuna_part}
+    seq = search.sequential_search(BASE, spec, out_dir=tmp_path, results_root=tmp_path)
+    opt = search.optuna_search(BASE, spec, out_dir=tmp_path, results_root=tmp_path)
+    assert search.validate_spec(spec, BASE)["use"] == "sequential"  # the default with steps
+    assert search.chosen(search.validate_spec(spec, BASE), seq, opt) is seq
+    assert search.chosen(search.validate_spec({**spec, "use": "optuna"}, BASE), seq, opt) is opt
+    best = search.chosen(search.validate_spec({**spec, "use": "best"}, BASE), seq, opt)
+    assert best.best_score == max(seq.best_score, opt.best_score)
+    with pytest.raises(ParamError) as err:
+        search.validate_spec({**SPEC, "use": "optuna"}, BASE)
+    assert err.value.key == "search.use"
+    with pytest.raises(ParamError) as err:
+        search.validate_spec({**SPEC, "use": "tpe"}, BASE)
+    assert err.value.key == "search.use" and "sequential, optuna, best" in str(err.value)
+
+
+def test_val_loss_and_accuracy_score_the_same_returned_model(tmp_path, monkeypatch):
+    """val.loss is the loss of the model the trial returns (the one val.accuracy scores), not the
+    lowest val_loss of any epoch in the history."""
+    import pandas as pd
+
+    from facetransfer import train
+    from facetransfer.params import resolve_run
+
+    def no_training(model, data, cfg, run_dir, **kw):
+        train.compile_model(model, cfg, 0.001)
+        return train.TrainResult(history=pd.DataFrame({"epoch": [1], "val_loss": [0.001]}), timings={}, used_feature_cache=False)
+
+    monkeypatch.setattr(train, "fit", no_training)
+    cfg = resolve_run({**BASE, "data": {**BASE["data"], "synthetic": {"n": 120, "size": 64}}})
+    result = search._Trials(tmp_path / "search", tmp_path / "results", "val.loss", verbose=0)._train(cfg)
+    assert result["val_loss"] == result["score"] > 0.1  # an untrained sigmoid's cross-entropy, not the history's 0.001

@@ -20,12 +20,13 @@ NON_TRAINABLE_VARS = {"moving_mean", "moving_variance", "mean", "variance", "cou
 HEAD = ["head_dense_1", "gender"]
 
 
-def make_cfg(backbone, *, task="gender", strategy="full", last_n=None):
+def make_cfg(backbone, *, task="gender", strategy="full", last_n=None, batchnorm="train"):
+    """Params for ``backbone``; ``batchnorm="train"`` so that a trained block trains all its layers."""
     dataset = {"gender": "celeba", "age": "utkface", "age_gender": "utkface", "age_group": "adience"}[task]
     data = {"dataset": dataset, "image_size": SIZES[backbone]}
     data.update({"root": "/nowhere"} if dataset == "adience" else {"synthetic": {"n": 10}})
     cfg = resolve_run({"task": task, "data": data, "model": {"backbone": backbone, "weights": "none", "strategy": "full", "head": {"dense": [8]}}})
-    cfg["model"].update(strategy=strategy, last_n=last_n)  # frozen random weights are fine for these checks
+    cfg["model"].update(strategy=strategy, last_n=last_n, batchnorm=batchnorm)  # frozen random weights are fine for these checks
     return cfg
 
 
@@ -228,16 +229,41 @@ def test_frozen_efficientnet_is_deterministic_in_training_mode(built):
     assert (y == 0).any()  # a trainable stochastic-depth layer still drops
 
 
-def test_frozen_batch_norm_keeps_its_statistics_in_fit(built):
-    model = built["compact"]
-    models.apply_strategy(model, make_cfg("compact", strategy="last_block"))
-    before = {n: [w.copy() for w in model.get_layer(n).get_weights()] for n in ("block1_bn", "block4_bn")}
+def _fit_and_compare_bn(model, cfg):
+    """Fit one epoch; ``{bn layer name: moving mean changed?}`` for the backbone's BN layers."""
+    models.apply_strategy(model, cfg)
+    names = [layer.name for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    before = {n: [w.copy() for w in model.get_layer(n).get_weights()] for n in names}
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss={"gender": "binary_crossentropy"})
     x = images("compact", n=16, seed=1)
     y = (np.arange(16) % 2).astype("float32")
     model.fit(x, {"gender": y}, batch_size=8, epochs=1, verbose=0, shuffle=False)
-    after = {n: model.get_layer(n).get_weights() for n in before}
-    for b, a in zip(before["block1_bn"], after["block1_bn"], strict=True):
-        np.testing.assert_array_equal(a, b)  # frozen: gamma, beta AND moving stats unchanged
     moving_mean = 2
-    assert not np.allclose(after["block4_bn"][moving_mean], before["block4_bn"][moving_mean])
+    return {n: not np.allclose(model.get_layer(n).get_weights()[moving_mean], before[n][moving_mean]) for n in names}
+
+
+def test_frozen_batch_norm_keeps_its_statistics_in_fit(built):
+    changed = _fit_and_compare_bn(built["compact"], make_cfg("compact", strategy="last_block"))
+    assert not changed["block1_bn"]  # outside the trained block: frozen either way
+    assert changed["block4_bn"]  # batchnorm: train — the trained block's BN updates its statistics
+
+
+@pytest.mark.parametrize("strategy", ["last_block", "full"])
+def test_backbone_batch_norm_stays_in_inference_mode_by_default(built, strategy):
+    cfg = make_cfg("compact", strategy=strategy, batchnorm="frozen")
+    cfg["model"]["weights"] = "run:0123456789ab"  # pretrained: its BN statistics are worth keeping
+    assert resolve_run({"data": {"synthetic": {"n": 10}}})["model"]["batchnorm"] == "frozen"  # the default
+    changed = _fit_and_compare_bn(built["compact"], cfg)
+    assert not any(changed.values()), changed
+    summary = models.trainable_summary(built["compact"])
+    assert "block4_conv" in summary["trainable_layers"] and "block4_bn" not in summary["trainable_layers"]
+    changed = _fit_and_compare_bn(built["compact"], make_cfg("compact", strategy=strategy, batchnorm="train"))
+    assert changed["block4_bn"] and changed["block1_bn"] == (strategy == "full")
+
+
+def test_batch_norm_of_a_backbone_trained_from_scratch_trains(built):
+    """model.weights: none — no pretrained statistics to keep: BN trains under the default too."""
+    cfg = make_cfg("compact", strategy="full", batchnorm="frozen")
+    assert cfg["model"]["weights"] == "none"
+    changed = _fit_and_compare_bn(built["compact"], cfg)
+    assert all(changed.values()), changed

@@ -11,7 +11,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from facetransfer import evaluate, models, params, train
 from facetransfer.data import PreparedData
-from facetransfer.errors import ParamError
+from facetransfer.errors import FacetransferError, ParamError
 from facetransfer.images import ImageCache
 
 SIZE = 16
@@ -295,3 +295,63 @@ def test_age_output_starts_at_the_median_training_age():
     gender_only = keras.Model(inputs, {"gender": keras.layers.Dense(1, name="gender")(inputs)})
     init_age_output(gender_only, {"gender": np.array([0, 1])}, log)
     assert len(log) == 1  # nothing to do without an age output
+
+
+def test_batch_size_one_into_a_batch_norm_head_is_refused():
+    with pytest.raises(ParamError) as err:
+        params.resolve_run({**_raw(), "model": {**_raw()["model"], "head": {"batch_norm": True}}, "train": {"batch_size": 1}})
+    assert err.value.key == "train.batch_size" and "model.head.batch_norm" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert isinstance(err.value, params.CannotLearn)
+    params.resolve_run({**_raw(), "train": {"batch_size": 1}})  # without a BN head batch 1 is fine
+
+
+def _raw():
+    return {"data": {"dataset": "folder", "root": "/tiny", "folder": {"gender_column": "gender"}}, "model": {"backbone": "compact", "weights": "none", "strategy": "full"}}
+
+
+@pytest.mark.parametrize("feature_path", [False, True])
+def test_a_last_training_batch_of_one_is_merged_into_the_one_before(feature_path, tmp_path):
+    """17 training images at batch size 8: batches of 8 and 9, never a batch of one (a BN head
+    would normalise it to its beta); every image once per epoch."""
+    cfg = tiny_cfg(batch_size=8)
+    data = tiny_data(cfg, n=26)  # 17 train, 4 val, 5 test
+    assert len(data.rows("train")) == 17
+    if feature_path:
+        inp = keras.Input((SIZE, SIZE, 3))
+        prefix = keras.Model(inp, keras.layers.Rescaling(1.0)(inp))
+        train_in, _, _ = train._feature_inputs(prefix, data, cfg, ["train", "val"], None, tmp_path, [])
+    else:
+        train_in, _ = train._image_inputs(data, cfg, ["train", "val"], None)
+    for _epoch in range(2):
+        sizes = [len(train_in[i][1]["gender"]) for i in range(len(train_in))]
+        assert sizes == [8, 9]
+        train_in.on_epoch_end()
+    assert train.no_batch_of_one(train_in, 16, 8) is train_in  # nothing to merge
+
+
+def test_reuse_loads_the_trained_model_instead_of_training(tmp_path, capsys):
+    """eval.* changed only: fit(reuse=True) loads model.keras, trains nothing, and says so."""
+    from facetransfer import artifacts
+    from facetransfer.io import atomic_write_json
+
+    cfg = tiny_cfg()
+    data = tiny_data(cfg)
+    model = tiny_model("gender")
+    result = train.fit(model, data, cfg, tmp_path, results_root=tmp_path, verbose=0)
+    artifacts.save_model(model, tmp_path / "model.keras")
+    result.history.to_csv(tmp_path / "history.csv", index=False)
+    metrics = {"run_id": "0123456789ab", "status": "ok", "params": cfg, "used_feature_cache": False, "timing": {**result.timings, "epochs": 1}}
+    atomic_write_json(tmp_path / "metrics.json", metrics)
+    capsys.readouterr()
+    again = tiny_model("gender", seed=5)
+    changed = params.resolve_run({**cfg, "eval": {**cfg["eval"], "bootstrap": 10}})
+    reused = train.fit(again, data, changed, tmp_path, results_root=tmp_path, verbose=0, reuse=True)
+    for a, b in zip(again.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert "only eval.* changed, no retraining" in capsys.readouterr().out
+    assert "Epoch" not in "".join(reused.log) and reused.timings["train_seconds"] == result.timings["train_seconds"]
+    pd.testing.assert_frame_equal(reused.history, pd.read_csv(tmp_path / "history.csv"))
+    other = params.resolve_run({**cfg, "train": {**cfg["train"], "epochs": 2}})
+    with pytest.raises(FacetransferError, match="not trained .* with these training params"):
+        train.fit(tiny_model("gender"), data, other, tmp_path, results_root=tmp_path, verbose=0, reuse=True)

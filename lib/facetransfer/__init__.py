@@ -6,6 +6,7 @@ importing Keras until a step needs it.
 """
 
 import importlib
+import sys
 
 __version__ = "0.1.0"
 
@@ -20,3 +21,11 @@ def __getattr__(name: str):
     if name in _SUBMODULES:
         return importlib.import_module(f"facetransfer.{name}")
     raise AttributeError(f"module 'facetransfer' has no attribute {name!r}")
+
+
+# A saved model.keras holds facetransfer's own layers (models/layers.py). Keras finds them by
+# their registered names, so they must be registered before keras.models.load_model: with
+# Keras already imported, `import facetransfer` registers them (the CLI, which imports
+# facetransfer first, does not pay for importing Keras).
+if "keras" in sys.modules:
+    importlib.import_module("facetransfer.models.layers")

@@ -9,7 +9,9 @@ when its ``metrics.json`` exists. ``metrics.json`` holds::
     timing {train_seconds, cache_seconds, feature_seconds, epoch_seconds[], epochs},
     params_count {total, trainable, non_trainable}, used_feature_cache,
     environment {python, facetransfer, keras, backend, tensorflow, jax, torch, numpy, ...},
-    data {provenance of the prepared data}
+    data {provenance of the prepared data},
+    identity {data_fingerprint, data_root, backend, precision, feature_precision}: what the run id
+    hashed besides the params (the data root is recorded, not hashed)
 
 A run that failed gets :func:`failed_metrics` instead (status "failed" and the error).
 """
@@ -80,7 +82,29 @@ def run_metrics(*, cfg: dict, run_id: str, data, model, result, evaluation) -> d
         "used_feature_cache": bool(result.used_feature_cache),
         "environment": environment(),
         "data": data.provenance(),
+        "identity": run_identity(cfg),
     }
+
+
+def run_identity(cfg: dict) -> dict:
+    """What the run id hashed besides the params (params.identity): the data's fingerprint, the
+    Keras backend and the dtype policy; with the data folder it was read from (not hashed)."""
+    from facetransfer import params
+
+    ident = params.identity(cfg)
+    return {"data_fingerprint": ident["data_fingerprint"], "data_root": cfg["data"]["root"], "backend": ident["backend"], "precision": ident["precision"], "feature_precision": cfg["train"]["feature_precision"]}
+
+
+def save_model(model, path) -> None:
+    """Save architecture and weights WITHOUT compile state: the file is for prediction and for
+    ``model.weights: run:<id>``, and loads with ``keras.models.load_model`` without warnings
+    (with the remainder trained on cached features, the model's own optimizer never built its
+    variables, and loading it warned that they were skipped)."""
+    import keras
+
+    plain = keras.models.clone_model(model)
+    plain.set_weights(model.get_weights())
+    plain.save(path)
 
 
 def write_run(run_dir, *, cfg: dict, run_id: str, data, model, result, evaluation) -> dict:
@@ -93,7 +117,7 @@ def write_run(run_dir, *, cfg: dict, run_id: str, data, model, result, evaluatio
     atomic_write_csv(run_dir / "predictions.csv", evaluation.predictions)
     save_splits(run_dir / "splits.csv", data.records, data.records["split"])
     with atomic_path(run_dir / "model.keras", suffix=".keras") as tmp:
-        model.save(tmp)
+        save_model(model, tmp)
     metrics = run_metrics(cfg=cfg, run_id=run_id, data=data, model=model, result=result, evaluation=evaluation)
     atomic_write_json(run_dir / "metrics.json", metrics)
     return metrics

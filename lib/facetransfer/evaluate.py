@@ -57,7 +57,9 @@ def predict_split(model, data, cfg: dict, split: str, *, results_root=None, verb
 
     With ``results_root`` and ``train.feature_cache`` on, a model with a frozen prefix
     predicts from the cached prefix features (the same numbers as from the images, up to
-    float rounding; computed once and cached on a miss); otherwise from the images.
+    float rounding; computed once and cached on a miss) — float32 features whatever
+    ``train.feature_precision``, so the metrics are those of the saved model; otherwise from
+    the images.
     """
     from facetransfer import models, train
 
@@ -69,7 +71,7 @@ def predict_split(model, data, cfg: dict, split: str, *, results_root=None, verb
         cut = models.split_frozen_prefix(model)
     if cut is not None:
         prefix, remainder = cut
-        features, _ = train.split_features(prefix, data, cfg, split, results_root)
+        features, _ = train.split_features(prefix, data, cfg, split, results_root, precision="float32")  # what model.keras computes
         out = remainder.predict(train.ArrayFeeder(features, None, batch_size=batch_size), verbose=verbose)
     else:
         out = model.predict(data.feeder(split, batch_size=batch_size, shuffle=False), verbose=verbose)

@@ -17,6 +17,7 @@ import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from facetransfer.errors import ParamError
@@ -44,6 +45,7 @@ POOLINGS = ("flatten", "gap")
 SPLIT_SOURCES = ("random", "dataset", "folds")
 NEAR_DUPLICATES = ("count", "group")  # data.split.near_duplicates (facetransfer.near_duplicates)
 CROPS = ("center", "pad")
+BATCHNORM_MODES = ("frozen", "train")  # model.batchnorm (models.strategies)
 FEATURE_PRECISIONS = ("float32", "bfloat16")  # train.feature_precision (features.at_precision)
 
 # Which datasets carry which labels (folder: whatever columns its spec names).
@@ -265,6 +267,12 @@ RUN_SCHEMA = Section(
                 "weights": F("str", "imagenet", check=_check_weights, doc="imagenet | none | path to a weights file | run:<run_id or name>"),
                 "strategy": F("choice", "frozen", choices=STRATEGIES),
                 "last_n": F("int", None, min=1, nullable=True, doc="with strategy last_n: how many layers of the backbone train"),
+                "batchnorm": F(
+                    "choice",
+                    "frozen",
+                    choices=BATCHNORM_MODES,
+                    doc="backbone BatchNorm layers in a trained block: frozen = inference mode, pretrained statistics and scale kept (the Keras fine-tuning advice; with weights none there are none to keep: they train); train = they train with their block",
+                ),
                 "head": Section(
                     {
                         "pooling": F("choice", "gap", choices=POOLINGS),
@@ -349,6 +357,12 @@ RUN_SCHEMA = Section(
 )
 
 
+class CannotLearn(ParamError):
+    """Valid values that together cannot learn (e.g. batch size 1 into a BatchNorm head).
+
+    A search skips such a trial with this reason instead of failing (search.py)."""
+
+
 def _cross_checks(p: dict) -> None:
     d, m, t = p["data"], p["model"], p["train"]
     if d["synthetic"] is not None:
@@ -376,6 +390,11 @@ def _cross_checks(p: dict) -> None:
         raise ParamError("model.weights", f"no ImageNet weights exist for the custom CNN {m['backbone']!r}; allowed: none, a weights file, run:<run_id>")
     if m["weights"] == "none" and m["strategy"] != "full":
         raise ParamError("model.strategy", f"{m['strategy']!r} freezes random weights (model.weights is none); use full, or pretrained weights")
+    if m["head"]["batch_norm"] and t["batch_size"] == 1:
+        raise CannotLearn(
+            "train.batch_size",
+            "1 with model.head.batch_norm: true cannot learn (a batch of one has zero variance, so BatchNorm outputs its beta whatever the image); allowed: batch_size >= 2, or model.head.batch_norm: false",
+        )
     for key in ("early_stopping", "reduce_lr"):
         sec = t[key]
         if sec is not None and sec["monitor"] not in ("val_loss", "loss") and not sec["monitor"].startswith("val_"):
@@ -394,10 +413,71 @@ def image_size(resolved: Mapping) -> int:
     return resolved["data"]["image_size"] or DEFAULT_INPUT_SIZE[resolved["model"]["backbone"]]
 
 
-def run_id(resolved: Mapping) -> str:
-    """Short stable hash of resolved params (the human ``name`` is not part of it)."""
-    body = {k: v for k, v in resolved.items() if k != "name"}
-    blob = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+# Params that do not change the trained model: not part of the run id (``eval.*`` changes
+# re-evaluate the saved model; ``data.root`` is replaced by the data's fingerprint).
+NOT_IN_RUN_ID = ("name", "eval", "data.root")
+LABEL_SUFFIXES = (".txt", ".csv")  # label, partition, identity and fold files of every layout
+
+
+def data_fingerprint(data: Mapping) -> str:
+    """What identifies a data set, whatever folder it is in (resolved ``data`` params).
+
+    Synthetic data is generated from its spec (layout, n, seed, size: the same spec gives the
+    same bytes), so the spec stands in for it, also before it is generated. Real data: SHA-1
+    of the bytes of its label files (``.txt``/``.csv`` anywhere under ``data.root``) and of the
+    sorted list of every file's path relative to the root with its size; no image is read, so
+    a moved or copied folder keeps its fingerprint. A root that does not exist (a dry run on
+    a machine without the data) is identified by its path.
+    """
+    h = hashlib.sha1()
+    if data["synthetic"] is not None:
+        h.update(json.dumps({"synthetic": data["dataset"], **data["synthetic"]}, sort_keys=True).encode())
+        return "synthetic:" + h.hexdigest()[:16]
+    root = Path(data["root"])
+    if not root.is_dir():
+        return f"missing:{root}"
+    files = sorted((path.relative_to(root).as_posix(), path) for path in root.rglob("*") if path.is_file())
+    for relative, path in files:
+        h.update(f"{relative}\0{path.stat().st_size}\n".encode())
+        if path.suffix.lower() in LABEL_SUFFIXES:
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def precision_policy(mixed_precision: str) -> str:
+    """The dtype policy ``train.mixed_precision`` resolves to on this machine (see runtime)."""
+    from facetransfer import runtime
+
+    return runtime.dtype_policy(mixed_precision)
+
+
+def identity(resolved: Mapping, *, fingerprints: dict | None = None) -> dict:
+    """What the run id hashes: the params that change training (not ``name``, ``eval.*``,
+    ``data.root``, nor ``train.mixed_precision`` itself), the data's fingerprint, the Keras backend and the resolved precision policy.
+
+    ``fingerprints``: a memo ``{data.root: fingerprint}`` shared by the runs of one study.
+    """
+    import keras
+
+    body = copy.deepcopy({k: v for k, v in resolved.items() if k not in NOT_IN_RUN_ID})
+    body["data"].pop("root")
+    body["train"].pop("mixed_precision")  # replaced by the policy it resolves to here
+    memo = {} if fingerprints is None else fingerprints
+    data = resolved["data"]
+    key = json.dumps([data["dataset"], data["synthetic"], data["root"]], sort_keys=True)
+    if key not in memo:
+        memo[key] = data_fingerprint(resolved["data"])
+    return {
+        "params": body,
+        "data_fingerprint": memo[key],
+        "backend": keras.backend.backend(),
+        "precision": precision_policy(resolved["train"]["mixed_precision"]),
+    }
+
+
+def run_id(resolved: Mapping, *, fingerprints: dict | None = None) -> str:
+    """Short stable hash of :func:`identity`: same id, same trained model (same machine kind)."""
+    blob = json.dumps(identity(resolved, fingerprints=fingerprints), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 

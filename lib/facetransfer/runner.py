@@ -195,14 +195,37 @@ def run_metrics(run_dir: Path) -> dict | None:
     return _json_object(Path(run_dir) / "metrics.json", "the run counts as not complete")
 
 
-def run_complete(run_dir: Path, run_id: str, notebook: str = NOTEBOOKS["finetune"]) -> dict | None:
-    """The run's metrics when it finished ok (metrics.json ok for this id + its notebook)."""
-    metrics = run_metrics(run_dir)
+def run_complete(run_dir: Path, run_id: str, notebook: str = NOTEBOOKS["finetune"], params: dict | None = None) -> dict | None:
+    """The run's metrics when it finished ok (metrics.json ok for this id + its notebook) and,
+    given ``params``, was evaluated with the same ``eval.*`` (else it needs re-evaluation)."""
+    metrics = _trained(run_dir, run_id)
     if metrics is None or not (Path(run_dir) / notebook).is_file():
         return None
-    if metrics.get("status") != "ok" or metrics.get("run_id") != run_id:
+    if params is not None and changed_eval(metrics, params):
         return None
     return metrics
+
+
+def _trained(run_dir: Path, run_id: str) -> dict | None:
+    metrics = run_metrics(run_dir)
+    if metrics is None or metrics.get("status") != "ok" or metrics.get("run_id") != run_id:
+        return None
+    return metrics
+
+
+def changed_eval(metrics: dict, params: dict) -> list[str]:
+    """The ``eval.*`` keys whose value differs between a finished run and ``params``."""
+    old = (metrics.get("params") or {}).get("eval") or {}
+    return [f"eval.{k}" for k, v in params["eval"].items() if old.get(k) != v]
+
+
+def needs_reevaluation(run_dir: Path, run_id: str, params: dict) -> list[str]:
+    """The changed ``eval.*`` keys when the run's trained model can be re-evaluated without
+    retraining (ok for this id — same training — with its model.keras and history.csv), else []."""
+    metrics = _trained(run_dir, run_id)
+    if metrics is None or not all((Path(run_dir) / name).is_file() for name in ("model.keras", "history.csv")):
+        return []
+    return changed_eval(metrics, params)
 
 
 def stage_key(ex: Execution, notebooks: Path, study_dir: Path) -> str:
@@ -404,16 +427,22 @@ class _Runner:
             dep_outcome = self.outcomes.get(dep)
             if dep_outcome is not None and not dep_outcome.ok:
                 return self._fail(run, f"its weights come from run {dep} ({dep_outcome.name}), which did not end ok", 0.0)
+        reevaluate: list[str] = []
         if not self.force:
-            metrics = run_complete(run_dir, run.run_id, run.notebook)
+            metrics = run_complete(run_dir, run.run_id, run.notebook, run.params)
             if metrics is not None:
                 print(f"skip {run.run_id} (complete) {run.name}", flush=True)
                 return self._record(run.run_id, Outcome("finetune", run.run_id, run.name, "skipped", metrics=metrics))
-        print(f"run {run.run_id} {run.name}: {run.notebook} → {run_dir}", flush=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "metrics.json").unlink(missing_ok=True)
+            reevaluate = needs_reevaluation(run_dir, run.run_id, run.params)
+        if reevaluate:  # metrics.json stays until the notebook replaces it: it holds the training timings
+            print(f"re-evaluate {run.run_id} {run.name}: {', '.join(reevaluate)} changed; the saved model, no retraining", flush=True)
+        else:
+            print(f"run {run.run_id} {run.name}: {run.notebook} → {run_dir}", flush=True)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "metrics.json").unlink(missing_ok=True)
         start = time.perf_counter()
-        error = execute_notebook(self.notebooks / run.notebook, run_dir, ex.parameters, kernel_name=self.kernel_name, log_name="run.log")
+        parameters = {**ex.parameters, "reevaluate": True} if reevaluate else ex.parameters
+        error = execute_notebook(self.notebooks / run.notebook, run_dir, parameters, kernel_name=self.kernel_name, log_name="run.log")
         seconds = time.perf_counter() - start
         metrics = run_metrics(run_dir)
         if error is None:

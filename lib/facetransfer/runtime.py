@@ -36,10 +36,17 @@ def configure(seed: int, *, mixed_precision: str = "auto", xla: bool = False) ->
 
         tf.config.experimental.enable_op_determinism()
     found = devices()
-    use_mixed = mixed_precision == "on" or (mixed_precision == "auto" and has_gpu(found))
-    policy = "mixed_float16" if use_mixed else "float32"
+    policy = dtype_policy(mixed_precision, found)
     keras.config.set_dtype_policy(policy)
     return {"backend": backend, "devices": found, "mixed_precision": policy, "xla": xla or backend == "jax"}
+
+
+def dtype_policy(mixed_precision: str, found: list[str] | None = None) -> str:
+    """``mixed_float16`` when ``mixed_precision`` is ``on``, or ``auto`` with a GPU; else ``float32``."""
+    if mixed_precision not in MIXED_PRECISION:
+        raise ParamError("train.mixed_precision", f"{mixed_precision!r} is not allowed; allowed: {', '.join(MIXED_PRECISION)}")
+    use_mixed = mixed_precision == "on" or (mixed_precision == "auto" and has_gpu(found))
+    return "mixed_float16" if use_mixed else "float32"
 
 
 def jit_compile(xla: bool):

@@ -22,10 +22,19 @@ The search spec (the study file's ``search:`` section)::
       optuna:
         n_trials: 8
         sampler: tpe                # or random
+        n_startup_trials: 2         # TPE's random start-up trials; default n_trials // 3, at least 1
         space:
           train.learning_rate: {low: 1.0e-5, high: 1.0e-2, log: true}
           model.head.dropout: {low: 0.0, high: 0.5}
           model.head.dense: {choices: [[256], [512, 256]]}
+      use: sequential               # what feeds `use_search` runs: sequential | optuna | best
+                                    # (default: sequential when the spec has steps, else optuna)
+
+Both searches score a trial on the model training returns (with early stopping's
+``restore_best_weights``: the restored best epoch), ``val.loss`` and ``val.accuracy`` alike.
+A value that cannot learn with the others (:class:`facetransfer.params.CannotLearn`, e.g. batch
+size 1 into a BatchNorm head) is skipped by the sequential search with its reason, printed and
+kept in ``SearchResult.skipped`` and ``best_params.json``; it never trains and is never chosen.
 """
 
 from __future__ import annotations
@@ -51,7 +60,9 @@ METRICS = {
     "val.loss": ("loss", False),
     "val.mae": ("mae", False),
 }
-SPEC_KEYS = ("metric", "set", "sequential", "optuna")
+SPEC_KEYS = ("metric", "set", "sequential", "optuna", "use")
+USES = ("sequential", "optuna", "best")
+OPTUNA_KEYS = ("n_trials", "sampler", "n_startup_trials", "space", "seed")
 
 
 @dataclass
@@ -62,6 +73,7 @@ class SearchResult:
     best: dict  # dotted key -> value
     best_score: float
     best_params: dict = field(default_factory=dict)  # fully resolved
+    skipped: list = field(default_factory=list)  # [{key, value, reason}]: values that cannot learn
 
 
 def validate_spec(spec: Mapping | None, base_params: Mapping) -> dict:
@@ -101,27 +113,52 @@ def validate_spec(spec: Mapping | None, base_params: Mapping) -> dict:
         if not isinstance(opt, Mapping):
             raise ParamError("search.optuna", "must be a mapping: n_trials, sampler, space")
         for key in opt:
-            if key not in ("n_trials", "sampler", "space", "seed"):
-                raise ParamError(f"search.optuna.{key}", "unknown key; allowed keys here: n_trials, sampler, space, seed")
+            if key not in OPTUNA_KEYS:
+                raise ParamError(f"search.optuna.{key}", f"unknown key; allowed keys here: {', '.join(OPTUNA_KEYS)}")
         if opt.get("sampler", "tpe") not in ("tpe", "random"):
             raise ParamError("search.optuna.sampler", f"{opt.get('sampler')!r} is not allowed; allowed: tpe, random")
         n = opt.get("n_trials", 8)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ParamError("search.optuna.n_trials", f"{n!r} is not an integer >= 1")
+        k = opt.get("n_startup_trials", max(1, n // 3))
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ParamError("search.optuna.n_startup_trials", f"{k!r} is not an integer >= 0")
+        opt = spec["optuna"] = {**opt, "n_trials": n, "sampler": opt.get("sampler", "tpe"), "n_startup_trials": k}
         space = opt.get("space") or {}
         if not isinstance(space, Mapping) or not space:
             raise ParamError("search.optuna.space", "must be a mapping naming at least one param")
         for key, dist in space.items():
             _check_run_key(f"search.optuna.space.{key}", key)
             _check_distribution(f"search.optuna.space.{key}", key, dist, base)
-    # Every value a trial can take must make valid run params: check before any work.
+    use = spec.setdefault("use", "sequential" if steps else "optuna")
+    if use not in USES:
+        raise ParamError("search.use", f"{use!r} is not allowed; allowed: {', '.join(USES)}")
+    if (use == "sequential" and not steps) or (use == "optuna" and opt is None) or (use == "best" and not steps and opt is None):
+        raise ParamError("search.use", f"{use!r} needs the search it names in the spec (sequential steps and/or an optuna part)")
+    # Every value a trial can take must make valid run params (or be a value that cannot
+    # learn, which the search skips with its reason): check before any work.
     for i, step in enumerate(steps):
         for value in step["values"]:
             try:
                 trial_params(base, {step["key"]: value})
+            except P.CannotLearn:
+                continue
             except ParamError as exc:
                 raise ParamError(f"search.sequential[{i}].values", f"{value!r}: {exc}") from None
     return spec
+
+
+def sampler_description(opt: Mapping) -> str:
+    """How the Optuna search of a validated ``spec["optuna"]`` samples, as it really runs:
+    "TPE after K random trials", or "random" (the random sampler, or TPE that never leaves
+    its random start-up phase)."""
+    n, k = opt["n_trials"], opt["n_startup_trials"]
+    if opt["sampler"] == "random":
+        return f"random ({n} trials)"
+    if n <= k:
+        # https://optuna.readthedocs.io/en/stable/reference/samplers/generated/optuna.samplers.TPESampler.html : the first n_startup_trials are sampled at random.
+        return f"random ({n} trials; TPE would start after {k} random trials)"
+    return f"TPE after {k} random trials ({n} trials)"
 
 
 def _check_run_key(where: str, key: Any) -> None:
@@ -179,9 +216,10 @@ class _Trials:
         self.metric = metric
         self.verbose = verbose
         self._data: dict[str, Any] = {}
+        self._fingerprints: dict = {}  # data fingerprints, computed once per data set
 
     def score(self, cfg: dict) -> dict:
-        tid = P.run_id(cfg)
+        tid = P.run_id(cfg, fingerprints=self._fingerprints)
         path = self.out_dir / "trials" / f"{tid}.json"
         if path.exists():
             return read_json(path)
@@ -201,11 +239,12 @@ class _Trials:
         start = time.perf_counter()
         train.configure(cfg)  # seed first: the initial weights must not depend on the trials before
         model = models.build_model(cfg, results_root=self.results_root)
-        trial_dir = self.out_dir / "trials" / P.run_id(cfg)
+        trial_dir = self.out_dir / "trials" / P.run_id(cfg, fingerprints=self._fingerprints)
         result = train.fit(model, data, cfg, trial_dir, results_root=self.results_root, verbose=self.verbose)
         val = evaluate.evaluate_split(model, data, cfg, "val")
         hist = result.history
-        loss = float(hist["val_loss"].min()) if "val_loss" in hist else float("nan")
+        # val.loss of the model fit returned (restored best weights), the model val.accuracy scores.
+        loss = float(model.evaluate(data.feeder("val", batch_size=cfg["train"]["batch_size"]), verbose=0, return_dict=True)["loss"])
         name, _ = METRICS[self.metric]
         score = loss if name == "loss" else float(val[name])
         return {"score": score, "val": val, "val_loss": loss, "epochs_run": int(len(hist)), "seconds": time.perf_counter() - start}
@@ -222,23 +261,31 @@ def sequential_search(base_params: Mapping, spec: Mapping, *, out_dir, results_r
     spec = validate_spec(spec, base_params)
     trials = _Trials(out_dir, results_root, spec["metric"], verbose)
     best: dict[str, Any] = dict(spec["set"])
-    rows = []
+    rows, skipped = [], []
     best_score = None
     for step_no, step in enumerate(spec["sequential"], start=1):
         step_best, step_score = None, None
         for value in step["values"]:
-            cfg = trial_params(base_params, {**best, step["key"]: value})
+            try:
+                cfg = trial_params(base_params, {**best, step["key"]: value})
+            except P.CannotLearn as exc:
+                skipped.append({"key": step["key"], "value": value, "reason": str(exc)})
+                print(f"[search] skip {step['key']}={json.dumps(value)}: {exc}", flush=True)
+                continue
             res = trials.score(cfg)
             rows.append({"step": step_no, "key": step["key"], "value": json.dumps(value), "score": res["score"], "val_loss": res["val_loss"], "epochs": res["epochs_run"], "seconds": res["seconds"], "trial_id": res["trial_id"]})
             if _better(spec["metric"], res["score"], step_score):
                 step_best, step_score = value, res["score"]
+        if step_score is None:
+            raise ParamError(f"search.sequential[{step_no - 1}].values", f"no value of {step['key']} can learn with the values chosen before it: {skipped[-1]['reason']}")
         best[step["key"]] = step_best
         best_score = step_score
         rows_step = [r for r in rows if r["step"] == step_no]
         for r in rows_step:
             r["chosen"] = r["value"] == json.dumps(step_best)
     table = pd.DataFrame(rows)
-    return SearchResult("sequential", spec["metric"], table, best, float("nan") if best_score is None else best_score, trial_params(base_params, best))
+    score = float("nan") if best_score is None else best_score
+    return SearchResult("sequential", spec["metric"], table, best, score, trial_params(base_params, best), skipped)
 
 
 def optuna_search(base_params: Mapping, spec: Mapping, *, out_dir, results_root, verbose=0) -> SearchResult:
@@ -250,7 +297,12 @@ def optuna_search(base_params: Mapping, spec: Mapping, *, out_dir, results_root,
     if opt is None:
         raise ParamError("search.optuna", "is not set in this study")
     seed = int(opt.get("seed", base_params.get("seed", 0) or 0))
-    sampler = optuna.samplers.TPESampler(seed=seed) if opt.get("sampler", "tpe") == "tpe" else optuna.samplers.RandomSampler(seed=seed)
+    if opt["sampler"] == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=opt["n_startup_trials"])
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    method = f"optuna: {sampler_description(opt)}"
+    print(f"[optuna] {method}", flush=True)
     direction = "maximize" if METRICS[spec["metric"]][1] else "minimize"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction=direction, sampler=sampler)
@@ -273,7 +325,7 @@ def optuna_search(base_params: Mapping, spec: Mapping, *, out_dir, results_root,
         rows.append({"trial": trial.number, **shown, "score": res["score"], "seconds": res["seconds"], "trial_id": res["trial_id"]})
         return res["score"]
 
-    n_trials = int(opt.get("n_trials", 8))
+    n_trials = opt["n_trials"]
 
     def progress(study, trial):  # one text line per trial: readable in the notebook and the report
         print(f"[optuna] trial {trial.number + 1}/{n_trials}: {spec['metric']} {trial.value:.4f} (best {study.best_value:.4f})", flush=True)
@@ -283,13 +335,29 @@ def optuna_search(base_params: Mapping, spec: Mapping, *, out_dir, results_root,
     for key, value in study.best_trial.params.items():
         dist = opt["space"][key]
         best[key] = json.loads(value) if "choices" in dist else value
-    return SearchResult(f"optuna-{opt.get('sampler', 'tpe')}", spec["metric"], pd.DataFrame(rows), best, float(study.best_value), trial_params(base_params, best))
+    return SearchResult(method, spec["metric"], pd.DataFrame(rows), best, float(study.best_value), trial_params(base_params, best))
+
+
+def chosen(spec: Mapping, sequential: SearchResult | None, optuna: SearchResult | None) -> SearchResult:
+    """The result that feeds ``use_search`` runs, as ``search.use`` says: ``sequential``,
+    ``optuna``, or ``best`` (the better best score of the two under the search metric)."""
+    use = spec.get("use") or ("sequential" if spec.get("sequential") else "optuna")
+    have = {"sequential": sequential, "optuna": optuna}
+    if use in have:
+        if have[use] is None:
+            raise ParamError("search.use", f"{use!r}: that search did not run")
+        return have[use]
+    ran = [r for r in (sequential, optuna) if r is not None and len(r.trials)]
+    if not ran:
+        raise ParamError("search.use", "'best': no search ran a trial")
+    return max(ran, key=lambda r: r.best_score if METRICS[r.metric][1] else -r.best_score)
 
 
 def write_best(out_dir, result: SearchResult) -> Path:
-    """Write ``best_params.json`` (dotted best values, score, method) atomically."""
+    """Write ``best_params.json`` (dotted best values, score, method, skipped values) atomically."""
     path = Path(out_dir) / "best_params.json"
-    atomic_write_json(path, {"method": result.method, "metric": result.metric, "score": result.best_score, "best": result.best})
+    body = {"method": result.method, "metric": result.metric, "score": result.best_score, "best": result.best, "skipped": result.skipped}
+    atomic_write_json(path, body)
     return path
 
 

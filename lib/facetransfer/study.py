@@ -38,8 +38,12 @@ Expansion. A top-level ``grid``, or the absence of ``runs``, makes a group named
    12-hex id is kept as it is). A group name with several runs is matched by repeat index.
 
 The run name is the group name plus the grid values (``main lr=0.001 strategy=frozen``) plus
-``seed=<seed>`` when ``repeats`` > 1. The run id is :func:`facetransfer.params.run_id` of the
-resolved params (the name is not part of it).
+``seed=<seed>`` when ``repeats`` > 1. The run id is :func:`facetransfer.params.run_id`: it
+identifies the trained model — the params that change training (not the name, ``eval.*`` or
+``data.root``), the data's fingerprint (:func:`facetransfer.params.data_fingerprint`: label
+files and file list, so a moved data folder keeps its runs), the Keras backend and the
+resolved precision policy (``train.mixed_precision: auto`` is float32 on a CPU and
+mixed_float16 on a GPU: two ids).
 
 Overrides (``facetransfer run --set KEY=VALUE``, value parsed as YAML):
 ``<run key>`` (every run and the study's base params), ``defaults.<run key>`` (the defaults,
@@ -564,8 +568,10 @@ def _find_ref(runs: list[Run], ref: str, me: Run) -> int:
 
 
 def _assign_ids(runs: list[Run]) -> None:
-    """Replace ``run:<name>`` by ``run:<id>`` in dependency order, then hash every run."""
+    """Replace ``run:<name>`` by ``run:<id>`` in dependency order, then hash every run
+    (:func:`facetransfer.params.run_id`: training params, data fingerprint, backend, precision)."""
     state: dict[int, str] = {}
+    fingerprints: dict = {}  # one fingerprint per data set for the whole study
 
     def visit(i: int, chain: list[str]) -> None:
         if state.get(i) == "done":
@@ -585,7 +591,7 @@ def _assign_ids(runs: list[Run]) -> None:
             else:
                 run.params["model"]["weights"] = f"run:{runs[j].run_id}"
                 run.depends_on = [runs[j].run_id]
-        run.run_id = None if pending else P.run_id(run.params)
+        run.run_id = None if pending else P.run_id(run.params, fingerprints=fingerprints)
         state[i] = "done"
 
     for i in range(len(runs)):

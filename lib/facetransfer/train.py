@@ -190,6 +190,38 @@ class OutputWeights(keras.utils.PyDataset):
         self.feeder.on_epoch_end()
 
 
+class NoBatchOfOne(keras.utils.PyDataset):
+    """Merges a last training batch of ONE sample into the batch before it.
+
+    A batch of one has zero variance: a training-mode BatchNormalization (a BN head, or
+    ``model.batchnorm: train``) would normalise it to its beta and learn nothing from it.
+    Merging (not dropping) keeps every training sample in every epoch; batches other than
+    the last two are the wrapped feeder's own, in its order.
+    """
+
+    def __init__(self, feeder):
+        super().__init__(workers=feeder.workers, use_multiprocessing=feeder.use_multiprocessing, max_queue_size=feeder.max_queue_size)
+        self.feeder = feeder
+
+    def __len__(self) -> int:
+        return len(self.feeder) - 1
+
+    def __getitem__(self, i):
+        if i < len(self) - 1:
+            return self.feeder[i]
+        return keras.tree.map_structure(lambda a, b: np.concatenate([a, b]), self.feeder[i], self.feeder[i + 1])
+
+    def on_epoch_end(self):
+        self.feeder.on_epoch_end()
+
+
+def no_batch_of_one(feeder, n_samples: int, batch_size: int):
+    """``feeder`` itself, or wrapped in :class:`NoBatchOfOne` when its last batch holds one sample."""
+    if batch_size > 1 and n_samples > batch_size and n_samples % batch_size == 1:
+        return NoBatchOfOne(feeder)
+    return feeder
+
+
 def _weighted(feeder, cfg: dict):
     names = OUTPUTS[cfg["task"]]
     if cfg["train"]["class_weight"] is None or len(names) == 1:
@@ -241,13 +273,18 @@ class ArrayFeeder(keras.utils.PyDataset):
         self.order = self._order()
 
 
-def split_features(prefix: keras.Model, data, cfg: dict, split: str, results_root) -> tuple[np.ndarray, bool]:
+def split_features(prefix: keras.Model, data, cfg: dict, split: str, results_root, *, precision: str | None = None) -> tuple[np.ndarray, bool]:
     """Prefix features of ``split`` from the on-disk cache (computed on a miss); ``(array, hit)``.
 
     Keyed by the image-cache key, backbone, weights (and their digest), cut layer and rows
-    (:func:`facetransfer.features.key_parts`).
+    (:func:`facetransfer.features.key_parts`). ``precision``: the arithmetic of the extraction,
+    default ``train.feature_precision`` (training); evaluation asks for ``float32``, what the
+    saved model computes.
     """
     from facetransfer import features
+
+    if precision is not None:
+        cfg = {**cfg, "train": {**cfg["train"], "feature_precision": precision}}
 
     rows = data.rows(split)
     cache_dir = features.default_cache_dir(results_root)
@@ -312,7 +349,7 @@ def _image_inputs(data, cfg: dict, splits: list[str], weights):
     t = cfg["train"]
     train = data.feeder("train", batch_size=t["batch_size"], shuffle=True, augment=t["augment"], seed=cfg["seed"], sample_weight=weights)
     val = data.feeder("val", batch_size=t["batch_size"]) if "val" in splits else None
-    return _weighted(train, cfg), val
+    return no_batch_of_one(_weighted(train, cfg), len(data.rows("train")), t["batch_size"]), val
 
 
 def _feature_inputs(prefix, data, cfg: dict, splits: list[str], weights, results_root, log: list[str]):
@@ -326,19 +363,50 @@ def _feature_inputs(prefix, data, cfg: dict, splits: list[str], weights, results
         _say(log, f"features {split} at {prefix.layers[-1].name} ({t['feature_precision']}): {what}, {tuple(feats[split].shape)} in {time.perf_counter() - start:.1f} s")
     train = ArrayFeeder(feats["train"], data.targets("train"), batch_size=t["batch_size"], shuffle=True, seed=cfg["seed"], sample_weight=weights)
     val = ArrayFeeder(feats["val"], data.targets("val"), batch_size=t["batch_size"]) if "val" in feats else None
-    return _weighted(train, cfg), val, computed
+    return no_batch_of_one(_weighted(train, cfg), len(feats["train"]), t["batch_size"]), val, computed
 
 
-def fit(model: keras.Model, data, cfg: dict, run_dir, *, results_root, verbose="auto") -> TrainResult:
+def reuse_trained(model: keras.Model, cfg: dict, run_dir) -> TrainResult:
+    """Load the trained weights of ``run_dir`` (a finished run with the same training params)
+    into ``model`` instead of training: the run's ``eval.*`` changed, its model did not.
+
+    History and timings are those of the training that made the model (history.csv and
+    metrics.json). FacetransferError when the run folder does not hold such a run.
+    """
+    from facetransfer.io import read_json
+
+    run_dir = Path(run_dir)
+    for name in ("model.keras", "history.csv", "metrics.json"):
+        if not (run_dir / name).is_file():
+            raise FacetransferError(f"cannot re-evaluate {run_dir}: {name} is missing; train it again (facetransfer run --force)")
+    trained = read_json(run_dir / "metrics.json")
+    same = {k: v for k, v in cfg.items() if k not in ("name", "eval")}
+    had = {k: v for k, v in (trained.get("params") or {}).items() if k not in ("name", "eval")}
+    same["data"], had["data"] = ({k: v for k, v in d.get("data", {}).items() if k != "root"} for d in (same, had))
+    if trained.get("status") != "ok" or same != had:
+        raise FacetransferError(f"cannot re-evaluate {run_dir}: its model was not trained (ok) with these training params; train it again (facetransfer run --force)")
+    configure(cfg)
+    model.load_weights(run_dir / "model.keras")
+    log: list[str] = []
+    _say(log, f"re-evaluating the trained model of run {trained['run_id']} ({run_dir / 'model.keras'}): only eval.* changed, no retraining")
+    timing = trained["timing"]
+    timings = {k: timing[k] for k in ("train_seconds", "epoch_seconds", "cache_seconds", "feature_seconds")}
+    return TrainResult(history=pd.read_csv(run_dir / "history.csv"), timings=timings, used_feature_cache=bool(trained["used_feature_cache"]), log=log)
+
+
+def fit(model: keras.Model, data, cfg: dict, run_dir, *, results_root, verbose="auto", reuse: bool = False) -> TrainResult:
     """Train ``model`` on ``data`` as ``cfg['train']`` says; returns history and timings.
 
     Per phase (one, or ``head`` then ``final`` with ``train.two_phase``): apply the
     strategy, compile, and fit either the remainder on cached prefix features or the
     whole model on images. Prints (and returns in ``log``) whether images were decoded
-    and whether features were computed or loaded.
+    and whether features were computed or loaded. ``reuse``: the runner found this run
+    trained and only its ``eval.*`` changed: :func:`reuse_trained` instead of training.
     """
     from facetransfer import models
 
+    if reuse:
+        return reuse_trained(model, cfg, run_dir)
     env = configure(cfg)
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     t = cfg["train"]
@@ -397,7 +465,7 @@ def fit(model: keras.Model, data, cfg: dict, run_dir, *, results_root, verbose="
 # ---------------------------------------------------------------- a whole run
 
 
-def run_config(cfg: dict, run_dir, *, results_root, run_id: str | None = None, verbose="auto") -> dict:
+def run_config(cfg: dict, run_dir, *, results_root, run_id: str | None = None, verbose="auto", reuse: bool = False) -> dict:
     """Prepare, build, fit, evaluate and write one run without a notebook; returns metrics."""
     from facetransfer import artifacts, data, evaluate, models, params
 
@@ -409,6 +477,6 @@ def run_config(cfg: dict, run_dir, *, results_root, run_id: str | None = None, v
     evaluate.check_subgroups(cfg, prepared.records)
     configure(cfg)
     model = models.build_model(cfg, results_root=results_root)
-    result = fit(model, prepared, cfg, run_dir, results_root=results_root, verbose=verbose)
+    result = fit(model, prepared, cfg, run_dir, results_root=results_root, verbose=verbose, reuse=reuse)
     evaluation = evaluate.evaluate_run(model, prepared, cfg, results_root=results_root, verbose=verbose)
     return artifacts.write_run(run_dir, cfg=cfg, run_id=run_id, data=prepared, model=model, result=result, evaluation=evaluation)
