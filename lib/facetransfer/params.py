@@ -12,6 +12,7 @@ the same place (:func:`describe`).
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 import math
@@ -56,6 +57,15 @@ TASK_DATASETS = {
 
 def _fmt(values) -> str:
     return ", ".join("null" if v is None else str(v) for v in values)
+
+
+def did_you_mean(key: str, allowed) -> str:
+    """``" (did you mean train.epochs?)"`` for the allowed key closest to ``key``, else ``""``.
+
+    Compared on full dotted paths, so ``epochs`` finds ``train.epochs`` too.
+    """
+    match = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1, cutoff=0.6)
+    return f" (did you mean {match[0]}?)" if match else ""
 
 
 @dataclass
@@ -165,7 +175,8 @@ class Section:
         if unknown and not self.open_keys:
             k = unknown[0]
             where = f"{key}.{k}" if key else str(k)
-            raise ParamError(where, f"unknown key; allowed keys here: {_fmt(self.fields)}")
+            candidates = [f"{key}.{name}" if key else name for name in self.fields] + known_keys()
+            raise ParamError(where, f"unknown key{did_you_mean(where, candidates)}; allowed keys here: {_fmt(self.fields)}")
         out = {}
         for name, spec in self.fields.items():
             sub = f"{key}.{name}" if key else name
@@ -419,6 +430,17 @@ def is_known_key(dotted: str) -> bool:
             return False
         spec = spec.fields[part]
     return True
+
+
+def known_keys(section: Section | None = None, prefix: str = "") -> list[str]:
+    """Every dotted key of the run schema (sections and fields), e.g. ``train.epochs``."""
+    keys = []
+    for name, spec in (section or RUN_SCHEMA).fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        keys.append(key)
+        if isinstance(spec, Section):
+            keys.extend(known_keys(spec, key))
+    return keys
 
 
 def deep_merge(base: Mapping, over: Mapping) -> dict:
