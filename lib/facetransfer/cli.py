@@ -53,7 +53,7 @@ def _cmd_data_summary(args: argparse.Namespace) -> int:
             if not sep:
                 raise FacetransferError(f"--folder {item!r}: expected key=value (keys: csv, path_column, gender_column, ...)")
             folder[key] = value
-    ds = datasets.load(args.dataset, args.root, folder=folder, frontal=not args.all_folds)
+    ds = datasets.load(args.dataset, args.root, folder=folder, frontal=args.frontal)
     summary = datasets.summary(ds)
     if args.json:
         print(json.dumps(summary, default=str))
@@ -129,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", required=True, choices=["celeba", "celeba30k", "utkface", "adience", "folder"])
     s.add_argument("--root", required=True, type=Path)
     s.add_argument("--folder", action="append", metavar="KEY=VALUE", help="folder dataset spec (csv=, path_column=, gender_column=, ...)")
-    s.add_argument("--all-folds", action="store_true", help="adience: read fold_*_data.txt instead of the frontal folds")
+    folds = s.add_mutually_exclusive_group()
+    folds.add_argument("--frontal", dest="frontal", action="store_const", const=True, default=None, help="adience: read fold_frontal_*_data.txt (an error when missing)")
+    folds.add_argument("--all-folds", dest="frontal", action="store_const", const=False, help="adience: read fold_*_data.txt (default: fold_frontal_* when present, else fold_*)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_data_summary)
 

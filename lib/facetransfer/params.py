@@ -95,7 +95,7 @@ class Field:
         if self.kind == "list":
             return f"a list of {self.item.allowed() if self.item else 'values'}"
         if self.kind == "bool":
-            return "true or false"
+            return "true or false" + (" or null" if self.nullable else "")
         if self.kind == "str":
             return "a string" + (" or null" if self.nullable else "")
         return "any value"
@@ -236,7 +236,7 @@ RUN_SCHEMA = Section(
                 "image_size": F("int", None, min=32, max=512, nullable=True, doc="model input px; null = the backbone's default"),
                 "crop": F("choice", "center", choices=CROPS, doc="center: crop the central square; pad: letterbox"),
                 "limit": F("int", None, min=1, nullable=True, doc="use a seeded stratified subset of this many records"),
-                "frontal": F("bool", True, doc="adience: read the fold_frontal_* files"),
+                "frontal": F("bool", None, nullable=True, doc="adience: true reads fold_frontal_*, false fold_*; null: fold_frontal_* when present, else fold_*"),
                 "attributes": F("list", [], item=F("str"), doc="extra label columns to keep for subgroup metrics"),
                 "folder": Section(
                     {

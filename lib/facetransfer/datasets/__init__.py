@@ -39,11 +39,11 @@ DATASETS = ("celeba", "celeba30k", "utkface", "adience", "folder")
 _MODULES = {"celeba": celeba, "celeba30k": celeba30k, "utkface": utkface, "adience": adience}
 
 
-def load(name: str, root, *, folder: dict | None = None, frontal: bool = True, progress: bool = True) -> Dataset:
+def load(name: str, root, *, folder: dict | None = None, frontal: bool | None = None, progress: bool = True) -> Dataset:
     """Load dataset ``name`` from ``root`` (its top folder, one level above or below).
 
     ``folder`` is the spec of the ``folder`` dataset (params ``data.folder``); ``frontal``
-    picks Adience's fold_frontal_* files; ``progress`` shows a bar while checking files.
+    picks Adience's fold files (None: fold_frontal_* when present, else fold_*); ``progress`` shows a bar while checking files.
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
@@ -138,6 +138,8 @@ def format_summary(summary: dict, *, examples: int = 5) -> str:
         lines.append("age groups  " + ", ".join(f"{k}: {v}" for k, v in s["age_group_counts"].items()))
     if s["source_split_counts"]:
         lines.append("partition   " + ", ".join(f"{k} {v}" for k, v in s["source_split_counts"].items()))
+    if s["info"].get("folds_read"):
+        lines.append(f"folds read  {s['info']['folds_read']}")
     if s["fold_counts"]:
         lines.append("folds       " + ", ".join(f"{k}: {v}" for k, v in s["fold_counts"].items()))
     if s["n_subjects"] is not None:
