@@ -647,3 +647,26 @@ def test_bom_crlf_and_non_utf8_label_files(tmp_path):
     csv.write_bytes(csv.read_bytes().replace(b"000003.jpg", b"00000\xe9.jpg"))
     with pytest.raises(DataError, match="list_attr_celeba.csv: not UTF-8 text"):
         datasets.load("celeba", root)
+
+
+@pytest.mark.parametrize("column", ["split", "row", "fold", "gender", "_reason"])
+def test_folder_reserved_column_is_refused_in_one_line(tmp_path, column):
+    root = make_folder(tmp_path / "f")
+    csv = root / "labels.csv"
+    csv.write_text("\n".join(f"{line},{'train' if i else column}" for i, line in enumerate(csv.read_text().splitlines())) + "\n")
+    with pytest.raises(DataError) as exc:
+        datasets.load("folder", root, folder=SPEC)
+    assert "\n" not in str(exc.value) and f"column {column!r} has a name facetransfer uses itself" in str(exc.value)
+
+
+def test_folder_user_columns_keep_their_names(tmp_path):
+    ds = datasets.load("folder", make_folder(tmp_path / "f"), folder=SPEC)
+    assert ds.records["glasses"].tolist()[:2] == ["1", "0"]
+
+
+def test_folder_duplicate_header_is_refused_in_one_line(tmp_path):
+    root = make_folder(tmp_path / "f")
+    csv = root / "labels.csv"
+    csv.write_text(csv.read_text().replace("person,glasses", "person,person", 1))
+    with pytest.raises(DataError, match=r"labels.csv: line 1 names column 'person' twice \(columns 4 and 5\)"):
+        datasets.load("folder", root, folder=SPEC)
