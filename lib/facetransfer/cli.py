@@ -54,6 +54,8 @@ def _cmd_data_summary(args: argparse.Namespace) -> int:
                 raise FacetransferError(f"--folder {item!r}: expected key=value (keys: csv, path_column, gender_column, ...)")
             folder[key] = value
     ds = datasets.load(args.dataset, args.root, folder=folder, frontal=args.frontal)
+    if not args.fast:
+        ds = datasets.check_decodes(ds)
     summary = datasets.summary(ds)
     if args.json:
         print(json.dumps(summary, default=str))
@@ -132,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     folds = s.add_mutually_exclusive_group()
     folds.add_argument("--frontal", dest="frontal", action="store_const", const=True, default=None, help="adience: read fold_frontal_*_data.txt (an error when missing)")
     folds.add_argument("--all-folds", dest="frontal", action="store_const", const=False, help="adience: read fold_*_data.txt (default: fold_frontal_* when present, else fold_*)")
+    s.add_argument("--fast", action="store_true", help="check each file's first bytes only; by default every image is decoded as a run decodes it")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_data_summary)
 
