@@ -64,6 +64,19 @@ def _cmd_data_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+# The environment (and its make target) that provides each Keras backend.
+_BACKEND_ENVS = {"tensorflow": ".venv (make venv)", "jax": ".venv-jax (make venv-jax)", "torch": "an environment with torch"}
+
+
+def _missing_backend(module: str) -> str:
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow (the default)")
+    others = "; ".join(f"KERAS_BACKEND={name} needs {env}" for name, env in _BACKEND_ENVS.items() if name != module)
+    return (
+        f"Keras backend {backend} needs {module}, which is not installed in {sys.prefix}; "
+        f"use {_BACKEND_ENVS[module]}, or set KERAS_BACKEND to an installed backend ({others})"
+    )
+
+
 def _import_keras_quietly() -> None:
     """Import Keras with file descriptor 2 silenced.
 
@@ -75,6 +88,11 @@ def _import_keras_quietly() -> None:
     try:
         os.dup2(devnull, 2)
         import keras  # noqa: F401
+    except ModuleNotFoundError as exc:
+        module = (exc.name or "").split(".")[0]
+        if module not in _BACKEND_ENVS:
+            raise
+        raise FacetransferError(_missing_backend(module)) from None
     finally:
         os.dup2(saved, 2)
         os.close(saved)
