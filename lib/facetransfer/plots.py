@@ -863,7 +863,7 @@ def task_labels(task: str) -> tuple[str, ...] | None:
 def provenance_table(provenance: Mapping):
     """The data's provenance as a two-column table; a red SYNTHETIC banner as its caption."""
     table = pd.DataFrame([(k, _text(v)) for k, v in provenance.items()], columns=["item", "value"])
-    styler = table.style.hide(axis="index")
+    styler = table.style.format(escape="html").hide(axis="index")  # paths and reasons are user text
     if provenance.get("synthetic"):
         styler = styler.set_caption(f"⚠ {SYNTHETIC_NOTE}: every number below comes from procedurally drawn faces").set_table_styles(
             [{"selector": "caption", "props": f"color: {RED}; font-weight: bold; font-size: 1.2em; text-align: left;"}])

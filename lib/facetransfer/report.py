@@ -24,8 +24,10 @@ code" button; code cells and their ``Out[n]`` prompts start HIDDEN when JavaScri
 
 The page shows the outputs as a terminal would have (:func:`tidy_outputs`; the executed
 ``.ipynb`` is left as it is): a progress bar is its last state, not one line per update
-(``\r`` rewrites and ``\b`` applied); TensorFlow's C++ log lines are left out and counted
-in the bar; a stderr stream that holds only progress bars is not shown as an error. Long
+(``\r`` rewrites and ``\b`` applied); tool noise (TensorFlow's C++ log lines, Python
+warnings such as tqdm's ``TqdmWarning`` or Pillow's ``DecompressionBombWarning``, and
+logging lines such as TensorFlow's retracing warnings) is left out and counted in the bar
+(it stays in the executed notebook and the run's ``.log``); a stderr stream that holds only progress bars is not shown as an error. Long
 text outputs and tables scroll in a box instead of running for screens; in pandas tables
 the default 0..n-1 index is left out and text cells are left-aligned (:func:`tidy_table`).
 
@@ -180,6 +182,11 @@ _TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 _EXPORTER = None
 # TensorFlow / absl C++ log lines ("I0000 00:00:1795524242.869648    9657 port.cc:153] ...").
 _TF_LOG = re.compile(r"[IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\] .*|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR")
+# Tool noise in a stream, left out of the page (kept in the executed notebook and its .log):
+# Python warnings ("/…/tqdm/auto.py:21: TqdmWarning: IProgress not found…" and the source
+# line under it, indented) and Python logging lines ("WARNING:tensorflow:5 out of the last…").
+_PY_WARNING = re.compile(r"\S+\.py:\d+: \w*Warning: .*")
+_PY_LOG = re.compile(r"(DEBUG|INFO|WARNING|ERROR|CRITICAL):[\w.]+:.*")
 _PROGRESS_BAR = re.compile(r"\d+%\|")  # a tqdm bar: "name:  40%|████      | 160/400 [...]"
 
 
@@ -234,7 +241,7 @@ def tidy_outputs(outputs: list) -> tuple[list, int]:
     for out in merged:
         if out.get("output_type") == "stream":
             lines = [line for line in terminal_text(out["text"]).split("\n") if line.strip()]
-            kept = [line for line in lines if not _TF_LOG.fullmatch(line.strip())]
+            kept = _without_noise(lines)
             hidden += len(lines) - len(kept)
             if not kept:
                 continue
@@ -243,6 +250,20 @@ def tidy_outputs(outputs: list) -> tuple[list, int]:
                 out["name"] = "stdout"
         shown.append(out)
     return shown, hidden
+
+
+def _without_noise(lines: list[str]) -> list[str]:
+    """``lines`` without TensorFlow C++ log lines, Python warnings (with their indented
+    source line) and Python logging lines."""
+    kept, in_warning = [], False
+    for line in lines:
+        if in_warning and line[:1].isspace():
+            continue  # the source line Python prints under a warning
+        in_warning = bool(_PY_WARNING.fullmatch(line.strip()))
+        if in_warning or _TF_LOG.fullmatch(line.strip()) or _PY_LOG.fullmatch(line.strip()):
+            continue
+        kept.append(line)
+    return kept
 
 
 _TABLE = re.compile(r"<table\b.*?</table>", re.S)
@@ -332,8 +353,8 @@ def notebook_html(notebook: Path, *, title: str, index_href: str, synthetic: boo
     hidden = tidy_notebook(nb)
     body, _ = _exporter().from_notebook_node(nb, resources={"metadata": {"name": title}})
     tag = '<span class="ft-synthetic">SYNTHETIC DATA</span>' if synthetic else ""
-    note = (f'<span class="ft-note" title="kept in the executed notebook {e(notebook.name)}">'
-            f"{hidden} TensorFlow log line{'s' if hidden != 1 else ''} not shown</span>") if hidden else ""
+    note = (f'<span class="ft-note" title="kept in the executed notebook {e(notebook.name)} and its .log">'
+            f"{hidden} tool warning and log line{'s' if hidden != 1 else ''} not shown</span>") if hidden else ""
     bar = (
         f'<div class="ft-bar"><a href="{e(index_href)}">&larr; study report</a>'
         f'<button id="ft-toggle" type="button">Hide code</button><span>{e(title)}</span>{tag}{note}</div>'
