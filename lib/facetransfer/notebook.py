@@ -6,6 +6,8 @@
 * ``results_root=None`` (the notebooks' default) is the repository's ``results/``, found
   from this package's location, never the kernel's working directory (papermill runs
   the kernel wherever it was started).
+* Importing this module sets pandas to show every column and whole cell texts (no
+  ``...`` cutting a quarantine reason or a verdict: the report wraps long text instead).
 * Importing this module in IPython shows a :class:`FacetransferError` (a bad parameter,
   bad data) as its one line, ``ParamError: params: train.epochs: ...``, instead of a
   traceback through the library: the executed notebook ends in that line.
@@ -18,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from facetransfer import params as P
@@ -94,3 +97,5 @@ def _show_errors_in_one_line() -> None:
 
 
 _show_errors_in_one_line()
+pd.set_option("display.max_colwidth", None)
+pd.set_option("display.max_columns", None)

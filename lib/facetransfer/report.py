@@ -270,7 +270,9 @@ _TABLE = re.compile(r"<table\b.*?</table>", re.S)
 _ROW = re.compile(r"<tr\b[^>]*>.*?</tr>", re.S)
 _CELL = re.compile(r"<(t[hd])\b([^>]*)>(.*?)</\1>", re.S)
 NOWRAP_CHARS = 40
-_NUMBER = re.compile(r"[-+]?(\d[\d,]*\.?\d*|\.\d+)([eE][-+]?\d+)?%?|[-+]?inf|nan|NaN|None|<NA>|NaT|–|")
+_NUMBER = re.compile(r"[-+]?(\d[\d,]*\.?\d*|\.\d+)([eE][-+]?\d+)?%?|[-+]?inf|nan|NaN|None|<NA>|NaT|–|—|")
+# A cell that only says a value is missing ("None", "nan", an empty tuple or list) shows an em dash.
+_MISSING_CELL = re.compile(r"(<t[hd]\b[^>]*>)\s*(None|nan|NaN|&lt;NA&gt;|<NA>|NaT|\(\)|\[\]|\{\})\s*(</t[hd]>)")
 
 
 def _is_number(cell_html: str) -> bool:
@@ -322,9 +324,10 @@ def tidy_table(html_text: str) -> str:
     """pandas tables in ``html_text`` made easier to read: each in a box that scrolls past
     44 lines (and sideways), the default 0..n-1 index column left out, columns holding text
     (and text index labels) left-aligned, columns of numbers right-aligned, cells of up to
-    40 characters kept on one line. The cells of tables with multi-level headers are left
+    40 characters kept on one line, a cell that only says a value is missing (``None``,
+    ``nan``, ``<NA>``, ``()``, ``[]``) shown as an em dash. The cells of tables with multi-level headers are left
     as pandas wrote them."""
-    return _TABLE.sub(lambda m: _tidy_one_table(m.group(0)), html_text)
+    return _TABLE.sub(lambda m: _tidy_one_table(_MISSING_CELL.sub(r"\1—\3", m.group(0))), html_text)
 
 
 def tidy_notebook(nb) -> int:
