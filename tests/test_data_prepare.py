@@ -186,3 +186,13 @@ def test_folder_dataset_with_mixed_pixel_modes(tmp_path):
     assert prepared.quarantine[["reason", "stage"]].values.tolist() == [["no age label: task age_gender", "label"]]
     assert prepared.records.groupby("subject")["split"].nunique().eq(1).all()
     np.testing.assert_array_equal(prepared.targets("test")["age"], prepared.records.loc[prepared.records["split"] == "test", "age"].to_numpy(np.float32))
+
+
+def test_provenance_says_which_adience_folds_were_read(tmp_path):
+    root = _adience(tmp_path / "adience", users=10, per_user=2)
+    for fold in root.glob("fold_frontal_*"):
+        fold.rename(root / fold.name.replace("fold_frontal_", "fold_"))  # only the full folds
+    prepared = data.prepare(_cfg(dataset="adience", root=str(root), split={"source": "folds", "test_fold": 0}), tmp_path, progress=False)
+    provenance = prepared.provenance()
+    assert provenance["layout"] == "adience-all"
+    assert provenance["dataset_info"]["folds_read"] == "fold_*_data.txt (no fold_frontal_*_data.txt; data.frontal: null)"
