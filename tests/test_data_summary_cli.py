@@ -77,6 +77,8 @@ def test_summary_errors_are_one_line(tmp_path, capsys):
     assert "list_attr_celeba.csv" in err
     assert main(["data", "summary", "--dataset", "folder", "--root", str(tmp_path), "--folder", "colour=red"]) == 2
     assert "data.folder.colour: unknown key" in capsys.readouterr().err
+    assert main(["data", "summary", "--dataset", "folder", "--root", str(tmp_path), "--folder", "gender_colum=sex"]) == 2
+    assert "data.folder.gender_colum: unknown key (did you mean gender_column?)" in capsys.readouterr().err
 
 
 def test_summary_subprocess_stdout_is_only_json(tmp_path):

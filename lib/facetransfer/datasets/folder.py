@@ -31,6 +31,7 @@ import pandas as pd
 from facetransfer.datasets import common
 from facetransfer.datasets.adience import AGE_GROUPS
 from facetransfer.errors import DataError, ParamError
+from facetransfer.params import did_you_mean
 
 DEFAULTS = {
     "csv": "labels.csv",
@@ -55,7 +56,8 @@ def spec_of(folder: dict | None) -> dict:
         raise ParamError("data.folder", "is required with dataset folder (csv, path_column and at least one of gender_column, age_column, age_group_column)")
     unknown = [k for k in folder if k not in DEFAULTS]
     if unknown:
-        raise ParamError(f"data.folder.{unknown[0]}", f"unknown key; allowed keys: {', '.join(DEFAULTS)}")
+        hint = did_you_mean(unknown[0], DEFAULTS)
+        raise ParamError(f"data.folder.{unknown[0]}", f"unknown key{hint}; allowed keys: {', '.join(DEFAULTS)}")
     spec = {**DEFAULTS, **{k: v for k, v in folder.items() if v is not None}}
     if not any(spec[k] for k in ("gender_column", "age_column", "age_group_column")):
         raise ParamError("data.folder", "names no label column; set gender_column, age_column or age_group_column")
