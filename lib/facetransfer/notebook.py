@@ -83,6 +83,11 @@ def introduction(params: Mapping | None):
     return HTML(f"<p>This run, from its params:</p><ul>{rows}</ul>")
 
 
+def study_dir(value: str | None = None) -> str:
+    """04_compare's study folder: ``value`` as an absolute path; None: the repository's results/demo."""
+    return results_root(value) if value is not None else f"{results_root(None)}/demo"
+
+
 def _one_line(shell, etype, value, tb, tb_offset=None) -> None:
     """IPython custom exception handler: the error's one line, no traceback."""
     shell._showtraceback(etype, value, [f"{etype.__name__}: {value}"])
