@@ -58,7 +58,7 @@ def test_missing_kernel_is_one_line_naming_the_make_target(tmp_path, monkeypatch
         runner._check_kernel(None)
     message = str(exc.value)
     assert "\n" not in message and "'facetransfer-jax' (Keras backend jax) not found" in message
-    assert "run `make venv-jax`" in message
+    assert "run `make venv-jax` and use KERAS_BACKEND=jax .venv-jax/bin/facetransfer" in message
 
 
 BLOCK_TENSORFLOW = textwrap.dedent(

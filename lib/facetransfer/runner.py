@@ -58,7 +58,10 @@ from facetransfer.study import NOTEBOOKS, Run, Study, dependencies, execution_or
 KERNEL = "facetransfer"
 # The Jupyter kernel of each Keras backend, and the command that builds its environment
 # and registers it: the notebooks must run on the backend the runner itself runs on.
-KERNELS = {"tensorflow": ("facetransfer", "make venv"), "jax": ("facetransfer-jax", "make venv-jax")}
+KERNELS = {
+    "tensorflow": (KERNEL, "make venv` and use .venv/bin/facetransfer"),
+    "jax": ("facetransfer-jax", "make venv-jax` and use KERAS_BACKEND=jax .venv-jax/bin/facetransfer"),
+}
 NOTEBOOKS_ENV = "FACETRANSFER_NOTEBOOKS"
 DONE_MARKER = ".done.json"
 ERROR_CHARS = 400
@@ -495,11 +498,11 @@ class _Runner:
 
 
 def kernel_for_backend(backend: str) -> tuple[str, str]:
-    """(kernel name, the command that registers it) for a Keras backend."""
+    """(kernel name, what to run to get it) for a Keras backend."""
     if backend in KERNELS:
         return KERNELS[backend]
     name = f"facetransfer-{backend}"
-    return name, f"python -m ipykernel install --sys-prefix --name {name} --env KERAS_BACKEND {backend}"
+    return name, f"python -m ipykernel install --sys-prefix --name {name} --env KERAS_BACKEND {backend}` in this environment"
 
 
 def _check_kernel(kernel_name: str | None) -> str:
@@ -511,10 +514,8 @@ def _check_kernel(kernel_name: str | None) -> str:
     try:
         KernelSpecManager().get_kernel_spec(kernel_name)
     except NoSuchKernel:
-        command = command or f"python -m ipykernel install --sys-prefix --name {kernel_name}"
-        raise FacetransferError(
-            f"Jupyter kernel {kernel_name!r} (Keras backend {backend}) not found in {sys.prefix}; run `{command}` (it registers it there)"
-        ) from None
+        command = command or f"python -m ipykernel install --sys-prefix --name {kernel_name}` in this environment"
+        raise FacetransferError(f"Jupyter kernel {kernel_name!r} (Keras backend {backend}) not found in {sys.prefix}; run `{command}") from None
     return kernel_name
 
 
