@@ -278,6 +278,9 @@ def test_tidy_table_drops_the_range_index_and_left_aligns_text_columns():
     assert len(head) == 3 and "ft-text" in head[0] and "ft-text" in head[1] and "ft-text" not in head[2]
     assert re.search(r'<td class="ft-text ft-nowrap">seed</td>\s*<td class="ft-text ft-nowrap">0</td>\s*<td class="ft-nowrap">3</td>', rows[1])
     assert f'<td class="ft-text">{"x" * 41}</td>' in rows[2]  # long text may wrap
+    verdict = report.tidy_table(pd.DataFrame({"p": [0.289062], "verdict": ["no significant difference (alpha 0.05)"]}).to_html())
+    assert '<td class="ft-nowrap">0.289062</td>' in verdict  # numbers stay whole
+    assert '<td class="ft-text">no significant difference (alpha 0.05)</td>' in verdict  # wraps: never pushed out of view
     missing = report.tidy_table(pd.DataFrame({"error": [None, "x"], "acc": [float("nan"), 1.0], "tags": [(), [1]]}).to_html())
     assert not re.search(r">\s*(None|NaN|nan|\(\))\s*<", missing) and missing.count(">—<") == 3
     named = pd.DataFrame({"accuracy": [0.9, 0.8]}, index=pd.Index(["female", "male"], name="class"))

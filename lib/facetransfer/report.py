@@ -99,6 +99,8 @@ body.ft-hide-code .jp-OutputPrompt{visibility:hidden}
 .ft-scroll{max-height:44em;overflow:auto}
 .ft-scroll thead th{position:sticky;top:0;background:#fff}
 .jp-RenderedHTMLCommon td.ft-text,.jp-RenderedHTMLCommon th.ft-text{text-align:left}
+.jp-RenderedHTMLCommon td,.jp-RenderedHTMLCommon th{white-space:normal}
+.jp-RenderedHTMLCommon td.ft-text{overflow-wrap:anywhere;min-width:6em}
 .jp-RenderedHTMLCommon .ft-nowrap{white-space:nowrap}
 .jp-RenderedHTMLCommon table caption{text-align:left}
 """
@@ -269,7 +271,7 @@ def _without_noise(lines: list[str]) -> list[str]:
 _TABLE = re.compile(r"<table\b.*?</table>", re.S)
 _ROW = re.compile(r"<tr\b[^>]*>.*?</tr>", re.S)
 _CELL = re.compile(r"<(t[hd])\b([^>]*)>(.*?)</\1>", re.S)
-NOWRAP_CHARS = 40
+NOWRAP_CHARS = 12  # longer text wraps: a wide table must not push columns out of view
 _NUMBER = re.compile(r"[-+]?(\d[\d,]*\.?\d*|\.\d+)([eE][-+]?\d+)?%?|[-+]?inf|nan|NaN|None|<NA>|NaT|–|—|")
 # A cell that only says a value is missing ("None", "nan", an empty tuple or list) shows an em dash.
 _MISSING_CELL = re.compile(r"(<t[hd]\b[^>]*>)\s*(None|nan|NaN|&lt;NA&gt;|<NA>|NaT|\(\)|\[\]|\{\})\s*(</t[hd]>)")
@@ -280,7 +282,7 @@ def _is_number(cell_html: str) -> bool:
 
 
 def _is_short(cell_html: str) -> bool:
-    """Short enough to keep on one line (labels, verdicts); longer text wraps."""
+    """Short enough to keep on one line (labels, ids); longer text wraps."""
     return len(html.unescape(re.sub(r"<[^>]+>", "", cell_html)).strip()) <= NOWRAP_CHARS
 
 
@@ -312,7 +314,8 @@ def _tidy_one_table(table: str) -> str:
             if drop_index and j == 0:
                 continue
             left = j in text_columns or (tag == "th" and not is_head and not _is_number(content))
-            classes = [name for name, on in (("ft-text", left), ("ft-nowrap", _is_short(content))) if on]
+            short = _is_short(content) or (not left and _is_number(content))
+            classes = [name for name, on in (("ft-text", left), ("ft-nowrap", short)) if on]
             new.append(f"<{tag}{_with_class(attrs, ' '.join(classes)) if classes else attrs}>{content}</{tag}>")
         row_open = re.match(r"<tr\b[^>]*>", m.group(0)).group(0)
         pieces += [table[last : m.start()], row_open + "".join(new) + "</tr>"]
@@ -324,7 +327,8 @@ def tidy_table(html_text: str) -> str:
     """pandas tables in ``html_text`` made easier to read: each in a box that scrolls past
     44 lines (and sideways), the default 0..n-1 index column left out, columns holding text
     (and text index labels) left-aligned, columns of numbers right-aligned, cells of up to
-    40 characters kept on one line, a cell that only says a value is missing (``None``,
+    12 characters (and numbers) kept on one line, longer text wrapped so that no column is
+    pushed out of view, a cell that only says a value is missing (``None``,
     ``nan``, ``<NA>``, ``()``, ``[]``) shown as an em dash. The cells of tables with multi-level headers are left
     as pandas wrote them."""
     return _TABLE.sub(lambda m: _tidy_one_table(_MISSING_CELL.sub(r"\1—\3", m.group(0))), html_text)
