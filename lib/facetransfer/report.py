@@ -100,7 +100,7 @@ body.ft-hide-code .jp-OutputPrompt{visibility:hidden}
 .ft-scroll thead th{position:sticky;top:0;background:#fff}
 .jp-RenderedHTMLCommon td.ft-text,.jp-RenderedHTMLCommon th.ft-text{text-align:left}
 .jp-RenderedHTMLCommon td,.jp-RenderedHTMLCommon th{white-space:normal}
-.jp-RenderedHTMLCommon td.ft-text{overflow-wrap:anywhere;min-width:6em}
+.jp-RenderedHTMLCommon td.ft-text{overflow-wrap:anywhere;min-width:10em}
 .jp-RenderedHTMLCommon .ft-nowrap{white-space:nowrap}
 .jp-RenderedHTMLCommon table caption{text-align:left}
 """
