@@ -8,8 +8,8 @@ What is substituted, and only that: ``.venv/bin/`` is this test's own environmen
 one ``make test`` built), and ``$RESULTS`` (the README's own variable for where its
 examples write) is a temporary folder. Commands that build environments, download
 gigabytes or train for minutes are listed in :data:`INSTEAD` with what runs in their place
-and why; any other command the README shows runs for real, and a README command this test
-does not know fails the test until it is run or listed.
+and why; every other command the README shows runs for real, and a listed command that
+the README no longer shows fails the test (the list must not go stale).
 """
 
 from __future__ import annotations
