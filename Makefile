@@ -1,6 +1,9 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11+ and make:
 #   make report   create .venv if needed, run the demo study, render the HTML report
 #   make test     create .venv if needed, run ruff and pytest
+# Without TensorFlow, on the JAX backend:
+#   make venv-jax create .venv-jax (requirements.txt minus tensorflow, requirements-jax.txt)
+#                 with the Jupyter kernel 'facetransfer-jax' (KERAS_BACKEND=jax) inside it
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -9,12 +12,18 @@ PY := $(VENV)/bin/python
 # changes, the stamp is missing and .venv is brought up to date; otherwise nothing runs.
 ENV_HASH := $(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.facetransfer-env-$(ENV_HASH)
+VENV_JAX := .venv-jax
+PY_JAX := $(VENV_JAX)/bin/python
+ENV_JAX_HASH := $(shell cat requirements.txt requirements-jax.txt pyproject.toml | sha1sum | cut -c1-12)
+STAMP_JAX := $(VENV_JAX)/.facetransfer-env-$(ENV_JAX_HASH)
 STUDY ?= params/demo.yaml
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint report clean-results
+.PHONY: venv venv-jax test lint report clean-results
 
 venv: $(STAMP)
+
+venv-jax: $(STAMP_JAX)
 
 $(STAMP): requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "facetransfer needs Python 3.11+ (found " + sys.version.split()[0] + "); set PYTHON=python3.11")'
@@ -26,6 +35,18 @@ $(STAMP): requirements.txt pyproject.toml
 	rm -f $(VENV)/.facetransfer-env-*
 	touch $@
 	@echo "facetransfer: .venv is ready (kernel 'facetransfer' registered inside it)"
+
+$(STAMP_JAX): requirements.txt requirements-jax.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "facetransfer needs Python 3.11+ (found " + sys.version.split()[0] + "); set PYTHON=python3.11")'
+	test -x $(PY_JAX) || $(PYTHON) -m venv $(VENV_JAX)
+	$(PY_JAX) -m pip install --quiet --upgrade pip
+	grep -v '^tensorflow' requirements.txt > $(VENV_JAX)/requirements-without-tensorflow.txt
+	$(PY_JAX) -m pip install --quiet -r $(VENV_JAX)/requirements-without-tensorflow.txt -r requirements-jax.txt
+	$(PY_JAX) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY_JAX) -m ipykernel install --sys-prefix --name facetransfer-jax --display-name "Python (facetransfer, JAX)" --env KERAS_BACKEND jax >/dev/null
+	rm -f $(VENV_JAX)/.facetransfer-env-*
+	touch $@
+	@echo "facetransfer: .venv-jax is ready (kernel 'facetransfer-jax' registered inside it); run: KERAS_BACKEND=jax $(VENV_JAX)/bin/facetransfer ..."
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lib tests notebooks benchmarks

@@ -204,3 +204,13 @@ def test_the_run_seed_does_not_move_the_split_or_the_subset(celeba_root, tmp_pat
     assert set(moved["path"]) != set(base.records["path"]) or not moved["split"].equals(base.records["split"])
     assert base.provenance()["split"]["seed"] == 0 and prepared(3, 5).provenance()["split"]["seed"] == 5
     assert base.split_kind().startswith("subject-disjoint (") and base.near_duplicates is None
+
+
+def test_provenance_says_which_adience_folds_were_read(tmp_path):
+    root = _adience(tmp_path / "adience", users=10, per_user=2)
+    for fold in root.glob("fold_frontal_*"):
+        fold.rename(root / fold.name.replace("fold_frontal_", "fold_"))  # only the full folds
+    prepared = data.prepare(_cfg(dataset="adience", root=str(root), split={"source": "folds", "test_fold": 0}), tmp_path, progress=False)
+    provenance = prepared.provenance()
+    assert provenance["layout"] == "adience-all"
+    assert provenance["dataset_info"]["folds_read"] == "fold_*_data.txt (no fold_frontal_*_data.txt; data.frontal: null)"

@@ -53,7 +53,7 @@ def test_summary_text(tmp_path, capsys):
     assert main(["data", "summary", "--dataset", "utkface", "--root", str(make_utkface(tmp_path))]) == 0
     out = capsys.readouterr().out
     assert "utkface (utkface-chip)" in out and "female 2 (66.7 %), male 1 (33.3 %)" in out
-    assert "malformed name" in out
+    assert "malformed name" in out and "checked     every image decoded" in out
 
 
 def test_summary_folder_spec_from_cli(tmp_path, capsys):
@@ -77,6 +77,8 @@ def test_summary_errors_are_one_line(tmp_path, capsys):
     assert "list_attr_celeba.csv" in err
     assert main(["data", "summary", "--dataset", "folder", "--root", str(tmp_path), "--folder", "colour=red"]) == 2
     assert "data.folder.colour: unknown key" in capsys.readouterr().err
+    assert main(["data", "summary", "--dataset", "folder", "--root", str(tmp_path), "--folder", "gender_colum=sex"]) == 2
+    assert "data.folder.gender_colum: unknown key (did you mean gender_column?)" in capsys.readouterr().err
 
 
 def test_summary_subprocess_stdout_is_only_json(tmp_path):
@@ -90,3 +92,24 @@ def test_summary_subprocess_stdout_is_only_json(tmp_path):
     for key in ("dataset", "n_records", "n_usable", "skipped", "gender_counts", "age", "root", "layout",
                 "synthetic", "skipped_by_reason"):  # fmt: skip
         assert key in s
+
+
+def test_summary_decodes_every_image_so_its_usable_count_is_what_a_run_uses(tmp_path, capsys):
+    from facetransfer import datasets
+    from facetransfer.images import build_cache
+
+    root = make_utkface(tmp_path)
+    good = Image.new("RGB", (178, 218), (120, 90, 70))
+    buf = io.BytesIO()
+    good.save(buf, format="JPEG")
+    truncated = root / "UTKFace" / "33_0_0_20170116174525129.jpg.chip.jpg"
+    truncated.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])  # a valid JPEG header, half the data
+    fast = run_json(capsys, "--dataset", "utkface", "--root", str(root), "--fast")
+    full = run_json(capsys, "--dataset", "utkface", "--root", str(root))
+    assert fast["n_usable"] == 4 and full["n_usable"] == 3  # the header check cannot see truncation
+    (entry,) = [s for s in full["skipped"] if s["path"] == str(truncated)]
+    assert entry["reason"].startswith("truncated image")
+    assert full["info"]["decoded"] == "every image"
+    loaded = datasets.load("utkface", root, progress=False)
+    cache = build_cache(loaded.records["path"], size=32, cache_dir=tmp_path / "cache", progress=False)
+    assert len(cache.paths) == full["n_usable"] and cache.skipped == [entry]

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from facetransfer import datasets
+from facetransfer.cli import main
 from facetransfer.datasets import adience, common, utkface
 from facetransfer.errors import DataError, ParamError
 
@@ -152,12 +153,45 @@ def test_celeba_kaggle_nested_once_and_no_identity(tmp_path):
     assert len(ds.records) == 6 and ds.records["subject"].isna().all() and ds.info["identity"] is None
 
 
-def test_celeba_mixed_encodings_refused(tmp_path):
+def test_celeba_minority_encoding_rows_are_quarantined_with_line_and_column(tmp_path):
     root = make_celeba_kaggle(tmp_path / "celeba")
     text = (root / "list_attr_celeba.csv").read_text().replace("000002.jpg,-1", "000002.jpg,0", 1)
     (root / "list_attr_celeba.csv").write_text(text)
-    with pytest.raises(DataError, match="mix the -1/1 and 0/1"):
-        datasets.load("celeba", root)
+    before = datasets.load("celeba", make_celeba_kaggle(tmp_path / "intact"))
+    ds = datasets.load("celeba", root)  # one 0 in a -1/1 file: that row only, never the dataset
+    assert ds.info["label_encoding"] == "-1/1"
+    assert len(ds.records) == len(before.records) - 1
+    (entry,) = [s for s in ds.skipped if s["path"].endswith("000002.jpg")]
+    line = next(n for n, t in enumerate(text.splitlines(), start=1) if t.startswith("000002.jpg"))
+    assert entry["reason"] == f"bad label value: list_attr_celeba.csv line {line} column {ATTRS[0]}='0' (this file uses -1/1)"
+
+
+def test_binary_labels_majority_decides_and_a_tie_is_one_line(tmp_path):
+    header = ["image_id", "Male", "Young"]
+    rows = [(2, ["a.jpg", "0", "1"]), (3, ["b.jpg", "1", "0"]), (4, ["c.jpg", "-1", "1"]), (5, ["d.jpg", "1", "1"])]
+    frame, encoding = common.binary_table(
+        rows, header=header, id_index=0, labels=["Male", "Young"], source=tmp_path / "x.csv", skipped=[], folder=tmp_path
+    )
+    assert encoding == "0/1"  # two rows use 0, one uses -1; d.jpg fits both
+    assert frame["_reason"].tolist()[:2] == [None, None] and frame["_reason"].tolist()[3] is None
+    assert frame["_reason"][2] == "bad label value: x.csv line 4 column Male='-1' (this file uses 0/1)"
+    with pytest.raises(DataError, match=r"x.csv: as many rows use -1/1 \(1, first line 4\) as 0/1 \(1, first line 2\)"):
+        common.binary_table(rows[:1] + rows[2:], header=header, id_index=0, labels=["Male", "Young"],
+                            source=tmp_path / "x.csv", skipped=[], folder=tmp_path)  # fmt: skip
+
+
+def test_names_match_after_unicode_normalisation(tmp_path):
+    import unicodedata
+
+    root = make_celeba30k(tmp_path / "c30k")
+    nfc, nfd = unicodedata.normalize("NFC", "José.jpg"), unicodedata.normalize("NFD", "José.jpg")
+    put(root / "images" / nfd)  # as macOS stores it
+    csv = root / "celeba30k.csv"
+    line = csv.read_text().splitlines()[1].split(",", 1)[1]
+    csv.write_text(csv.read_text() + f"{nfc},{line}\n")  # as typed in the label file
+    ds = datasets.load("celeba30k", root)
+    assert str(root / "images" / nfd) in set(ds.records["path"])
+    assert not [s for s in ds.skipped if "José" in unicodedata.normalize("NFC", s["path"])]
 
 
 def test_celeba_errors_name_what_was_expected(tmp_path):
@@ -291,8 +325,9 @@ def test_celeba30k_refuses_other_files(tmp_path):
     root = make_celeba30k(tmp_path / "e")
     csv = root / "celeba30k.csv"
     csv.write_text(csv.read_text().replace("000002.jpg,-1", "000002.jpg,0"))
-    with pytest.raises(DataError, match="mix"):
-        datasets.load("celeba30k", root)
+    ds = datasets.load("celeba30k", root)  # the majority (-1/1) decides; the 0 row is quarantined
+    assert "000002.jpg" not in {Path(p).name for p in ds.records["path"]}
+    assert reasons(ds)["000002.jpg"] == "bad label value"
 
 
 # --------------------------------------------------------------------------- UTKFace
@@ -447,6 +482,21 @@ def test_adience_all_folds(tmp_path):
     assert reasons(ds)["landmark_aligned_face.21.img21.jpg"] == "image file without label row"
 
 
+def test_adience_reads_the_full_folds_when_no_frontal_fold_exists_and_says_so(tmp_path, capsys):
+    root = make_adience(tmp_path / "adience")
+    frontal = datasets.load("adience", root)
+    assert frontal.layout == "adience-frontal" and frontal.info["folds_read"].startswith("fold_frontal_*_data.txt (present")
+    for i in range(5):
+        (root / f"fold_frontal_{i}_data.txt").unlink()
+    ds = datasets.load("adience", root)
+    assert ds.layout == "adience-all" and "20" in set(ds.records["face_id"])
+    assert ds.info["folds_read"] == "fold_*_data.txt (no fold_frontal_*_data.txt; data.frontal: null)"
+    assert "folds read  fold_*_data.txt (no fold_frontal_*_data.txt" in datasets.format_summary(datasets.summary(ds))
+    assert main(["data", "summary", "--dataset", "adience", "--root", str(root), "--frontal"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing fold files" in err and "fold_frontal_0_data.txt" in err
+
+
 def test_adience_fold_files_required(tmp_path):
     root = make_adience(tmp_path / "adience")
     (root / "fold_frontal_3_data.txt").unlink()
@@ -454,8 +504,9 @@ def test_adience_fold_files_required(tmp_path):
         datasets.load("adience", root)
     for i in range(5):
         (root / f"fold_frontal_{i}_data.txt").unlink(missing_ok=True)
-    with pytest.raises(DataError, match="--all-folds"):
-        datasets.load("adience", root)
+    with pytest.raises(DataError, match=r"missing fold files .*fold_frontal_0_data.txt.*data.frontal: null or false / --all-folds") as exc:
+        datasets.load("adience", root, frontal=True)  # asked for explicitly: an error
+    assert "\n" not in str(exc.value)
     (root / "aligned").rename(root / "faces")
     with pytest.raises(DataError, match="no aligned/ image folder .*found faces/"):
         datasets.load("adience", root, frontal=False)
@@ -596,3 +647,26 @@ def test_bom_crlf_and_non_utf8_label_files(tmp_path):
     csv.write_bytes(csv.read_bytes().replace(b"000003.jpg", b"00000\xe9.jpg"))
     with pytest.raises(DataError, match="list_attr_celeba.csv: not UTF-8 text"):
         datasets.load("celeba", root)
+
+
+@pytest.mark.parametrize("column", ["split", "row", "fold", "gender", "_reason"])
+def test_folder_reserved_column_is_refused_in_one_line(tmp_path, column):
+    root = make_folder(tmp_path / "f")
+    csv = root / "labels.csv"
+    csv.write_text("\n".join(f"{line},{'train' if i else column}" for i, line in enumerate(csv.read_text().splitlines())) + "\n")
+    with pytest.raises(DataError) as exc:
+        datasets.load("folder", root, folder=SPEC)
+    assert "\n" not in str(exc.value) and f"column {column!r} has a name facetransfer uses itself" in str(exc.value)
+
+
+def test_folder_user_columns_keep_their_names(tmp_path):
+    ds = datasets.load("folder", make_folder(tmp_path / "f"), folder=SPEC)
+    assert ds.records["glasses"].tolist()[:2] == ["1", "0"]
+
+
+def test_folder_duplicate_header_is_refused_in_one_line(tmp_path):
+    root = make_folder(tmp_path / "f")
+    csv = root / "labels.csv"
+    csv.write_text(csv.read_text().replace("person,glasses", "person,person", 1))
+    with pytest.raises(DataError, match=r"labels.csv: line 1 names column 'person' twice \(columns 4 and 5\)"):
+        datasets.load("folder", root, folder=SPEC)

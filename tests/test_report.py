@@ -253,6 +253,21 @@ def test_tidy_outputs_merges_streams_drops_tf_logs_and_keeps_real_warnings():
     assert only_logs == [] and hidden == 3
 
 
+TOOL_NOISE = (
+    "/v/lib/python3.11/site-packages/tqdm/auto.py:21: TqdmWarning: IProgress not found. Please update jupyter and ipywidgets.\n"
+    "  from .autonotebook import tqdm as notebook_tqdm\n"
+    "WARNING:tensorflow:5 out of the last 5 calls to <function f at 0x7f> triggered tf.function retracing. Tracing is expensive\n"
+    "/v/lib/python3.11/site-packages/PIL/Image.py:3402: DecompressionBombWarning: Image size (95000000 pixels) exceeds limit\n"
+    "  warnings.warn(\n"
+    "loaded 300 records\n"
+)
+
+
+def test_tool_warnings_and_log_lines_are_left_out_of_the_page():
+    shown, hidden = report.tidy_outputs([new_output("stream", name="stderr", text=TOOL_NOISE)])
+    assert hidden == 5 and [o["text"] for o in shown] == ["loaded 300 records\n"]
+
+
 def test_tidy_table_drops_the_range_index_and_left_aligns_text_columns():
     import pandas as pd
 
@@ -265,6 +280,11 @@ def test_tidy_table_drops_the_range_index_and_left_aligns_text_columns():
     assert len(head) == 3 and "ft-text" in head[0] and "ft-text" in head[1] and "ft-text" not in head[2]
     assert re.search(r'<td class="ft-text ft-nowrap">seed</td>\s*<td class="ft-text ft-nowrap">0</td>\s*<td class="ft-nowrap">3</td>', rows[1])
     assert f'<td class="ft-text">{"x" * 41}</td>' in rows[2]  # long text may wrap
+    verdict = report.tidy_table(pd.DataFrame({"p": [0.289062], "verdict": ["no significant difference (alpha 0.05)"]}).to_html())
+    assert '<td class="ft-nowrap">0.289062</td>' in verdict  # numbers stay whole
+    assert '<td class="ft-text">no significant difference (alpha 0.05)</td>' in verdict  # wraps: never pushed out of view
+    missing = report.tidy_table(pd.DataFrame({"error": [None, "x"], "acc": [float("nan"), 1.0], "tags": [(), [1]]}).to_html())
+    assert not re.search(r">\s*(None|NaN|nan|\(\))\s*<", missing) and missing.count(">—<") == 3
     named = pd.DataFrame({"accuracy": [0.9, 0.8]}, index=pd.Index(["female", "male"], name="class"))
     kept = report.tidy_table(named.to_html())
     assert re.search(r'<th class="ft-text ft-nowrap">female</th>\s*<td class="ft-nowrap">0.9</td>', kept)  # a real index stays
@@ -278,7 +298,7 @@ def test_notebook_page_is_tidy_and_fetches_nothing(tmp_path):
     nbformat.write(nb, path)
     page = report.notebook_html(path, title="t", index_href="index.html", synthetic=False)
     assert not re.search(r'<script[^>]+src="https?:', page)
-    assert "3 TensorFlow log lines not shown" in page
+    assert "3 tool warning and log lines not shown" in page
     assert "oneDNN" not in page and "1/6" not in page and "6/6" in page
     assert "SYNTHETIC" not in page
     assert nbformat.read(path, as_version=4).cells[1].outputs[0]["text"] == TF_LOG  # the notebook is untouched

@@ -374,3 +374,23 @@ def test_shipped_studies_expand(path):
     assert study.runs and len(ids) == len(set(ids))
     for run in study.runs:
         assert run.params["name"] == run.name
+
+
+TYPOS = [
+    ("--set", None, ["train.epoch=3"], "did you mean train.epochs?"),
+    ("--set, section missing", None, ["epochs=3"], "did you mean train.epochs?"),
+    ("--set defaults", None, ["defaults.train.epoch=3"], "did you mean train.epochs?"),
+    ("YAML defaults", bad(mutate=lambda b: b["defaults"]["train"].update(epoch=2)), [], "did you mean train.epochs?"),
+    ("YAML grid", bad({"grid": {"train.learnin_rate": [0.1]}}), [], "did you mean train.learning_rate?"),
+    ("group key", bad({"runs": [{"name": "a", "sett": {}}]}), [], "did you mean set?"),
+    ("group param", bad({"runs": [{"name": "a", "set": {"model.backbon": "vgg16"}}]}), [], "did you mean model.backbone?"),
+    ("study key", bad({"repeat": 2}), [], "did you mean repeats?"),
+    ("search key", bad({"stages": ["search"], "search": {"sequentail": []}}), [], "did you mean sequential?"),
+]
+
+
+@pytest.mark.parametrize("what,body,overrides,hint", TYPOS, ids=[t[0] for t in TYPOS])
+def test_unknown_keys_suggest_the_closest_allowed_key(tmp_path, what, body, overrides, hint):
+    with pytest.raises(FacetransferError) as exc:
+        load(tmp_path, body or BASE, overrides)
+    one_line_error(exc, hint)

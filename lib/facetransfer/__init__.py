@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = {
     "artifacts", "bench", "cli", "compare", "data", "datasets", "errors", "evaluate",
-    "features", "feeder", "images", "io", "models", "params", "plots", "report", "runner",
+    "features", "feeder", "images", "io", "models", "notebook", "params", "plots", "report", "runner",
     "runtime", "saliency", "search", "splits", "stats", "study", "synthetic", "train",
 }
 

@@ -53,13 +53,28 @@ def _cmd_data_summary(args: argparse.Namespace) -> int:
             if not sep:
                 raise FacetransferError(f"--folder {item!r}: expected key=value (keys: csv, path_column, gender_column, ...)")
             folder[key] = value
-    ds = datasets.load(args.dataset, args.root, folder=folder, frontal=not args.all_folds)
+    ds = datasets.load(args.dataset, args.root, folder=folder, frontal=args.frontal)
+    if not args.fast:
+        ds = datasets.check_decodes(ds)
     summary = datasets.summary(ds)
     if args.json:
         print(json.dumps(summary, default=str))
     else:
         print(datasets.format_summary(summary))
     return 0
+
+
+# The environment (and its make target) that provides each Keras backend.
+_BACKEND_ENVS = {"tensorflow": ".venv (make venv)", "jax": ".venv-jax (make venv-jax)", "torch": "an environment with torch"}
+
+
+def _missing_backend(module: str) -> str:
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow (the default)")
+    others = "; ".join(f"KERAS_BACKEND={name} needs {env}" for name, env in _BACKEND_ENVS.items() if name != module)
+    return (
+        f"Keras backend {backend} needs {module}, which is not installed in {sys.prefix}; "
+        f"use {_BACKEND_ENVS[module]}, or set KERAS_BACKEND to an installed backend ({others})"
+    )
 
 
 def _import_keras_quietly() -> None:
@@ -73,6 +88,11 @@ def _import_keras_quietly() -> None:
     try:
         os.dup2(devnull, 2)
         import keras  # noqa: F401
+    except ModuleNotFoundError as exc:
+        module = (exc.name or "").split(".")[0]
+        if module not in _BACKEND_ENVS:
+            raise
+        raise FacetransferError(_missing_backend(module)) from None
     finally:
         os.dup2(saved, 2)
         os.close(saved)
@@ -129,7 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", required=True, choices=["celeba", "celeba30k", "utkface", "adience", "folder"])
     s.add_argument("--root", required=True, type=Path)
     s.add_argument("--folder", action="append", metavar="KEY=VALUE", help="folder dataset spec (csv=, path_column=, gender_column=, ...)")
-    s.add_argument("--all-folds", action="store_true", help="adience: read fold_*_data.txt instead of the frontal folds")
+    folds = s.add_mutually_exclusive_group()
+    folds.add_argument("--frontal", dest="frontal", action="store_const", const=True, default=None, help="adience: read fold_frontal_*_data.txt (an error when missing)")
+    folds.add_argument("--all-folds", dest="frontal", action="store_const", const=False, help="adience: read fold_*_data.txt (default: fold_frontal_* when present, else fold_*)")
+    s.add_argument("--fast", action="store_true", help="check each file's first bytes only; by default every image is decoded as a run decodes it")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_cmd_data_summary)
 

@@ -374,7 +374,9 @@ def style_comparison(table: pd.DataFrame, digits: int = 3):
             css = ""
         return [css] * len(row)
 
-    return shown.style.apply(colour, axis=1).hide(axis="index")
+    # Styler does not escape by default: run names and notes come from study files others share
+    styler = shown.style.format(escape="html").format_index(escape="html", axis=1)
+    return styler.apply(colour, axis=1).hide(axis="index")
 
 
 # ---------------------------------------------------------------- reported vs reproduced

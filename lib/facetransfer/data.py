@@ -185,6 +185,7 @@ class PreparedData:
             "root": str(ds.root),
             "synthetic": bool(ds.synthetic),
             "layout": ds.layout,
+            "dataset_info": ds.info,  # label files read, label encoding, Adience folds read
             "task": self.task,
             "n_records": len(ds.records) + len(ds.skipped),  # every input found, as datasets.summary
             "n_loaded": len(ds.records),

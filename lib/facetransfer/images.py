@@ -72,6 +72,7 @@ CHUNK_BYTES = 16 * 2**20  # at most this much decoded data per worker chunk
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 EXIF_ORIENTATION = 0x0112
+CHECK_SIZE = 8  # check_images decodes to this side: the smallest JPEG draft, the same decoder
 # What Pillow raises on files it cannot decode (UnidentifiedImageError and "image file is
 # truncated" are OSErrors; broken PNG chunks raise SyntaxError; bad headers struct.error).
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
@@ -227,6 +228,27 @@ def _decoded_chunks(chunks: list[list[str]], size: int, crop: str, workers: int)
             yield result
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def check_images(paths: Sequence, *, workers: int | None = None, progress: bool = True) -> dict[str, str]:
+    """{path: quarantine reason} of the files :func:`decode_image` cannot decode.
+
+    The same decoder as :func:`build_cache` (same chunks, same workers rule), at the
+    smallest target (JPEGs at 1/8 DCT scale: every byte of the file is still read and
+    entropy-decoded, so truncated or corrupt files fail as they do in a run), so a data
+    summary counts as usable exactly the images a run can use.
+    """
+    paths = [os.fspath(p) for p in paths]
+    if workers is None:
+        workers = DEFAULT_WORKERS if len(paths) >= PARALLEL_MIN_IMAGES else 1
+    chunk_size = max(16, min(1024, math.ceil(len(paths) / (4 * max(workers, 1)))))
+    chunks = [paths[i : i + chunk_size] for i in range(0, len(paths), chunk_size)]
+    bad: dict[str, str] = {}
+    with tqdm(total=len(paths), desc="decoding every image", unit="img", disable=not progress) as bar:
+        for _, good, skipped in _decoded_chunks(chunks, CHECK_SIZE, "center", workers):
+            bad.update((item["path"], item["reason"]) for item in skipped)
+            bar.update(len(good) + len(skipped))
+    return bad
 
 
 # ---------------------------------------------------------------------------- the cache

@@ -12,6 +12,7 @@ the same place (:func:`describe`).
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 import math
@@ -61,6 +62,15 @@ def _fmt(values) -> str:
     return ", ".join("null" if v is None else str(v) for v in values)
 
 
+def did_you_mean(key: str, allowed) -> str:
+    """``" (did you mean train.epochs?)"`` for the allowed key closest to ``key``, else ``""``.
+
+    Compared on full dotted paths, so ``epochs`` finds ``train.epochs`` too.
+    """
+    match = difflib.get_close_matches(str(key), [str(a) for a in allowed], n=1, cutoff=0.6)
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
 @dataclass
 class Field:
     """One leaf of the schema."""
@@ -88,7 +98,7 @@ class Field:
         if self.kind == "list":
             return f"a list of {self.item.allowed() if self.item else 'values'}"
         if self.kind == "bool":
-            return "true or false"
+            return "true or false" + (" or null" if self.nullable else "")
         if self.kind == "str":
             return "a string" + (" or null" if self.nullable else "")
         return "any value"
@@ -168,7 +178,8 @@ class Section:
         if unknown and not self.open_keys:
             k = unknown[0]
             where = f"{key}.{k}" if key else str(k)
-            raise ParamError(where, f"unknown key; allowed keys here: {_fmt(self.fields)}")
+            candidates = [f"{key}.{name}" if key else name for name in self.fields] + known_keys()
+            raise ParamError(where, f"unknown key{did_you_mean(where, candidates)}; allowed keys here: {_fmt(self.fields)}")
         out = {}
         for name, spec in self.fields.items():
             sub = f"{key}.{name}" if key else name
@@ -228,7 +239,7 @@ RUN_SCHEMA = Section(
                 "image_size": F("int", None, min=32, max=512, nullable=True, doc="model input px; null = the backbone's default"),
                 "crop": F("choice", "center", choices=CROPS, doc="center: crop the central square; pad: letterbox"),
                 "limit": F("int", None, min=1, nullable=True, doc="use a stratified subset of this many records (seeded by data.split.seed)"),
-                "frontal": F("bool", True, doc="adience: read the fold_frontal_* files"),
+                "frontal": F("bool", None, nullable=True, doc="adience: true reads fold_frontal_*, false fold_*; null: fold_frontal_* when present, else fold_*"),
                 "attributes": F("list", [], item=F("str"), doc="extra label columns to keep for subgroup metrics"),
                 "folder": Section(
                     {
@@ -511,6 +522,17 @@ def is_known_key(dotted: str) -> bool:
             return False
         spec = spec.fields[part]
     return True
+
+
+def known_keys(section: Section | None = None, prefix: str = "") -> list[str]:
+    """Every dotted key of the run schema (sections and fields), e.g. ``train.epochs``."""
+    keys = []
+    for name, spec in (section or RUN_SCHEMA).fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        keys.append(key)
+        if isinstance(spec, Section):
+            keys.extend(known_keys(spec, key))
+    return keys
 
 
 def deep_merge(base: Mapping, over: Mapping) -> dict:

@@ -873,7 +873,7 @@ def provenance_table(provenance: Mapping):
     """
     rows = [(k, _text(v["summary"] if isinstance(v, Mapping) and "summary" in v else v)) for k, v in provenance.items()]
     table = pd.DataFrame(rows, columns=["item", "value"])
-    styler = table.style.hide(axis="index")
+    styler = table.style.format(escape="html").hide(axis="index")  # paths and reasons are user text
     if provenance.get("synthetic"):
         styler = styler.set_caption(f"⚠ {SYNTHETIC_NOTE}: every number below comes from procedurally drawn faces").set_table_styles(
             [{"selector": "caption", "props": f"color: {RED}; font-weight: bold; font-size: 1.2em; text-align: left;"}])

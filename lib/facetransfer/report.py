@@ -25,8 +25,10 @@ code" button; code cells and their ``Out[n]`` prompts start HIDDEN when JavaScri
 
 The page shows the outputs as a terminal would have (:func:`tidy_outputs`; the executed
 ``.ipynb`` is left as it is): a progress bar is its last state, not one line per update
-(``\r`` rewrites and ``\b`` applied); TensorFlow's C++ log lines are left out and counted
-in the bar; a stderr stream that holds only progress bars is not shown as an error. Long
+(``\r`` rewrites and ``\b`` applied); tool noise (TensorFlow's C++ log lines, Python
+warnings such as tqdm's ``TqdmWarning`` or Pillow's ``DecompressionBombWarning``, and
+logging lines such as TensorFlow's retracing warnings) is left out and counted in the bar
+(it stays in the executed notebook and the run's ``.log``); a stderr stream that holds only progress bars is not shown as an error. Long
 text outputs and tables scroll in a box instead of running for screens; in pandas tables
 the default 0..n-1 index is left out and text cells are left-aligned (:func:`tidy_table`).
 
@@ -99,6 +101,8 @@ body.ft-hide-code .jp-OutputPrompt{visibility:hidden}
 .ft-scroll{max-height:44em;overflow:auto}
 .ft-scroll thead th{position:sticky;top:0;background:#fff}
 .jp-RenderedHTMLCommon td.ft-text,.jp-RenderedHTMLCommon th.ft-text{text-align:left}
+.jp-RenderedHTMLCommon td,.jp-RenderedHTMLCommon th{white-space:normal}
+.jp-RenderedHTMLCommon td.ft-text{overflow-wrap:anywhere;min-width:10em}
 .jp-RenderedHTMLCommon .ft-nowrap{white-space:nowrap}
 .jp-RenderedHTMLCommon table caption{text-align:left}
 """
@@ -182,6 +186,11 @@ _TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 _EXPORTER = None
 # TensorFlow / absl C++ log lines ("I0000 00:00:1795524242.869648    9657 port.cc:153] ...").
 _TF_LOG = re.compile(r"[IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\] .*|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR")
+# Tool noise in a stream, left out of the page (kept in the executed notebook and its .log):
+# Python warnings ("/…/tqdm/auto.py:21: TqdmWarning: IProgress not found…" and the source
+# line under it, indented) and Python logging lines ("WARNING:tensorflow:5 out of the last…").
+_PY_WARNING = re.compile(r"\S+\.py:\d+: \w*Warning: .*")
+_PY_LOG = re.compile(r"(DEBUG|INFO|WARNING|ERROR|CRITICAL):[\w.]+:.*")
 _PROGRESS_BAR = re.compile(r"\d+%\|")  # a tqdm bar: "name:  40%|████      | 160/400 [...]"
 
 
@@ -236,7 +245,7 @@ def tidy_outputs(outputs: list) -> tuple[list, int]:
     for out in merged:
         if out.get("output_type") == "stream":
             lines = [line for line in terminal_text(out["text"]).split("\n") if line.strip()]
-            kept = [line for line in lines if not _TF_LOG.fullmatch(line.strip())]
+            kept = _without_noise(lines)
             hidden += len(lines) - len(kept)
             if not kept:
                 continue
@@ -247,11 +256,27 @@ def tidy_outputs(outputs: list) -> tuple[list, int]:
     return shown, hidden
 
 
+def _without_noise(lines: list[str]) -> list[str]:
+    """``lines`` without TensorFlow C++ log lines, Python warnings (with their indented
+    source line) and Python logging lines."""
+    kept, in_warning = [], False
+    for line in lines:
+        if in_warning and line[:1].isspace():
+            continue  # the source line Python prints under a warning
+        in_warning = bool(_PY_WARNING.fullmatch(line.strip()))
+        if in_warning or _TF_LOG.fullmatch(line.strip()) or _PY_LOG.fullmatch(line.strip()):
+            continue
+        kept.append(line)
+    return kept
+
+
 _TABLE = re.compile(r"<table\b.*?</table>", re.S)
 _ROW = re.compile(r"<tr\b[^>]*>.*?</tr>", re.S)
 _CELL = re.compile(r"<(t[hd])\b([^>]*)>(.*?)</\1>", re.S)
-NOWRAP_CHARS = 40
-_NUMBER = re.compile(r"[-+]?(\d[\d,]*\.?\d*|\.\d+)([eE][-+]?\d+)?%?|[-+]?inf|nan|NaN|None|<NA>|NaT|–|")
+NOWRAP_CHARS = 12  # longer text wraps: a wide table must not push columns out of view
+_NUMBER = re.compile(r"[-+]?(\d[\d,]*\.?\d*|\.\d+)([eE][-+]?\d+)?%?|[-+]?inf|nan|NaN|None|<NA>|NaT|–|—|")
+# A cell that only says a value is missing ("None", "nan", an empty tuple or list) shows an em dash.
+_MISSING_CELL = re.compile(r"(<t[hd]\b[^>]*>)\s*(None|nan|NaN|&lt;NA&gt;|<NA>|NaT|\(\)|\[\]|\{\})\s*(</t[hd]>)")
 
 
 def _is_number(cell_html: str) -> bool:
@@ -259,7 +284,7 @@ def _is_number(cell_html: str) -> bool:
 
 
 def _is_short(cell_html: str) -> bool:
-    """Short enough to keep on one line (labels, verdicts); longer text wraps."""
+    """Short enough to keep on one line (labels, ids); longer text wraps."""
     return len(html.unescape(re.sub(r"<[^>]+>", "", cell_html)).strip()) <= NOWRAP_CHARS
 
 
@@ -291,7 +316,8 @@ def _tidy_one_table(table: str) -> str:
             if drop_index and j == 0:
                 continue
             left = j in text_columns or (tag == "th" and not is_head and not _is_number(content))
-            classes = [name for name, on in (("ft-text", left), ("ft-nowrap", _is_short(content))) if on]
+            short = _is_short(content) or (not left and _is_number(content))
+            classes = [name for name, on in (("ft-text", left), ("ft-nowrap", short)) if on]
             new.append(f"<{tag}{_with_class(attrs, ' '.join(classes)) if classes else attrs}>{content}</{tag}>")
         row_open = re.match(r"<tr\b[^>]*>", m.group(0)).group(0)
         pieces += [table[last : m.start()], row_open + "".join(new) + "</tr>"]
@@ -303,9 +329,11 @@ def tidy_table(html_text: str) -> str:
     """pandas tables in ``html_text`` made easier to read: each in a box that scrolls past
     44 lines (and sideways), the default 0..n-1 index column left out, columns holding text
     (and text index labels) left-aligned, columns of numbers right-aligned, cells of up to
-    40 characters kept on one line. The cells of tables with multi-level headers are left
+    12 characters (and numbers) kept on one line, longer text wrapped so that no column is
+    pushed out of view, a cell that only says a value is missing (``None``,
+    ``nan``, ``<NA>``, ``()``, ``[]``) shown as an em dash. The cells of tables with multi-level headers are left
     as pandas wrote them."""
-    return _TABLE.sub(lambda m: _tidy_one_table(m.group(0)), html_text)
+    return _TABLE.sub(lambda m: _tidy_one_table(_MISSING_CELL.sub(r"\1—\3", m.group(0))), html_text)
 
 
 def tidy_notebook(nb) -> int:
@@ -334,8 +362,8 @@ def notebook_html(notebook: Path, *, title: str, index_href: str, synthetic: boo
     hidden = tidy_notebook(nb)
     body, _ = _exporter().from_notebook_node(nb, resources={"metadata": {"name": title}})
     tag = '<span class="ft-synthetic">SYNTHETIC DATA</span>' if synthetic else ""
-    note = (f'<span class="ft-note" title="kept in the executed notebook {e(notebook.name)}">'
-            f"{hidden} TensorFlow log line{'s' if hidden != 1 else ''} not shown</span>") if hidden else ""
+    note = (f'<span class="ft-note" title="kept in the executed notebook {e(notebook.name)} and its .log">'
+            f"{hidden} tool warning and log line{'s' if hidden != 1 else ''} not shown</span>") if hidden else ""
     bar = (
         f'<div class="ft-bar"><a href="{e(index_href)}">&larr; study report</a>'
         f'<button id="ft-toggle" type="button">Hide code</button><span>{e(title)}</span>{tag}{note}</div>'

@@ -56,6 +56,12 @@ from facetransfer.io import (
 from facetransfer.study import NOTEBOOKS, Run, Study, dependencies, execution_order, load_study
 
 KERNEL = "facetransfer"
+# The Jupyter kernel of each Keras backend, and the command that builds its environment
+# and registers it: the notebooks must run on the backend the runner itself runs on.
+KERNELS = {
+    "tensorflow": (KERNEL, "make venv` and use .venv/bin/facetransfer"),
+    "jax": ("facetransfer-jax", "make venv-jax` and use KERAS_BACKEND=jax .venv-jax/bin/facetransfer"),
+}
 NOTEBOOKS_ENV = "FACETRANSFER_NOTEBOOKS"
 DONE_MARKER = ".done.json"
 ERROR_CHARS = 400
@@ -520,16 +526,32 @@ class _Runner:
         return "\n".join([head, *lines, *(["errors:", *errors] if errors else [])])
 
 
-def _check_kernel(kernel_name: str) -> None:
+def kernel_for_backend(backend: str) -> tuple[str, str]:
+    """(kernel name, what to run to get it) for a Keras backend."""
+    if backend in KERNELS:
+        return KERNELS[backend]
+    name = f"facetransfer-{backend}"
+    return name, f"python -m ipykernel install --sys-prefix --name {name} --env KERAS_BACKEND {backend}` in this environment"
+
+
+def _check_kernel(kernel_name: str | None) -> str:
+    """The kernel to run the notebooks on (by default the running Keras backend's); one line when missing."""
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
+    backend = _keras_backend()
+    kernel_name, command = (kernel_name, None) if kernel_name else kernel_for_backend(backend)
     try:
         KernelSpecManager().get_kernel_spec(kernel_name)
     except NoSuchKernel:
-        raise FacetransferError(
-            f"Jupyter kernel {kernel_name!r} not found; run `make venv` (it registers it inside .venv) "
-            f"or `python -m ipykernel install --sys-prefix --name {kernel_name}`"
-        ) from None
+        command = command or f"python -m ipykernel install --sys-prefix --name {kernel_name}` in this environment"
+        raise FacetransferError(f"Jupyter kernel {kernel_name!r} (Keras backend {backend}) not found in {sys.prefix}; run `{command}") from None
+    return kernel_name
+
+
+def _keras_backend() -> str:
+    import keras
+
+    return keras.backend.backend()
 
 
 def _check_notebooks(study: Study, notebooks: Path) -> None:
@@ -576,12 +598,13 @@ def run_study(
     results=None,
     report: bool = True,
     notebooks=None,
-    kernel_name: str = KERNEL,
+    kernel_name: str | None = None,
 ) -> int:
     """Execute (or, with ``dry_run``, print) the study file ``study``; the exit status.
 
     0 when every execution ended ok, 1 otherwise. User errors (a bad study file, a busy
     study, a missing notebook or kernel) raise :class:`FacetransferError` before any run.
+    ``kernel_name`` None: the kernel of the running Keras backend (:data:`KERNELS`).
     """
     results_root = Path(results if results is not None else "results").resolve()
     st = load_study(study, list(overrides or []), check_paths=not dry_run)
@@ -590,7 +613,7 @@ def run_study(
     if dry_run:
         return _dry_run(st, study_dir, results_root, nb_dir)
     _check_notebooks(st, nb_dir)
-    _check_kernel(kernel_name)
+    kernel_name = _check_kernel(kernel_name)
     with StudyLock(study_dir / ".lock"):
         _remove_orphan_temps(results_root / "_cache", study_dir)
         runner = _Runner(st, study_dir, results_root, nb_dir, kernel_name, force)

@@ -81,7 +81,7 @@ def validate_spec(spec: Mapping | None, base_params: Mapping) -> dict:
     spec = dict(spec or {})
     for key in spec:
         if key not in SPEC_KEYS:
-            raise ParamError(f"search.{key}", f"unknown key; allowed keys here: {', '.join(SPEC_KEYS)}")
+            raise ParamError(f"search.{key}", f"unknown key{P.did_you_mean(key, SPEC_KEYS)}; allowed keys here: {', '.join(SPEC_KEYS)}")
     spec.setdefault("metric", "val.accuracy")
     if not isinstance(spec["metric"], str) or spec["metric"] not in METRICS:
         raise ParamError("search.metric", f"{spec['metric']!r} is not allowed; allowed: {', '.join(METRICS)}")
@@ -114,7 +114,7 @@ def validate_spec(spec: Mapping | None, base_params: Mapping) -> dict:
             raise ParamError("search.optuna", "must be a mapping: n_trials, sampler, space")
         for key in opt:
             if key not in OPTUNA_KEYS:
-                raise ParamError(f"search.optuna.{key}", f"unknown key; allowed keys here: {', '.join(OPTUNA_KEYS)}")
+                raise ParamError(f"search.optuna.{key}", f"unknown key{P.did_you_mean(key, OPTUNA_KEYS)}; allowed keys here: {', '.join(OPTUNA_KEYS)}")
         if opt.get("sampler", "tpe") not in ("tpe", "random"):
             raise ParamError("search.optuna.sampler", f"{opt.get('sampler')!r} is not allowed; allowed: tpe, random")
         n = opt.get("n_trials", 8)
@@ -173,7 +173,7 @@ def _check_distribution(where: str, key: str, dist: Any, base: Mapping) -> None:
     allowed = ("choices",) if "choices" in dist else ("low", "high", "log")
     for name in dist:
         if name not in allowed:
-            raise ParamError(f"{where}.{name}", f"unknown key; allowed keys here: {', '.join(allowed)}")
+            raise ParamError(f"{where}.{name}", f"unknown key{P.did_you_mean(name, allowed)}; allowed keys here: {', '.join(allowed)}")
     if "choices" in dist:
         values = dist["choices"]
         if not isinstance(values, list) or not values:

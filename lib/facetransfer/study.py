@@ -239,7 +239,8 @@ def _need_str(key: str, value: Any) -> str:
 
 def _check_run_key(key: str, dotted: Any) -> None:
     if not isinstance(dotted, str) or not P.is_known_key(dotted):
-        raise ParamError(key, "is not a run param (see the params reference: python -m facetransfer.params)")
+        hint = P.did_you_mean(dotted, P.known_keys())
+        raise ParamError(key, f"is not a run param{hint} (see the params reference: python -m facetransfer.params)")
     if dotted == "name":
         raise ParamError(key, "the run name is set by the study (group name + grid values)")
 
@@ -311,7 +312,8 @@ def _reject_unknown_keys(where: str, mapping: dict, allowed) -> None:
     """ParamError naming the first key of ``mapping`` that is not in ``allowed``."""
     for key in mapping:
         if key not in allowed:
-            raise ParamError(f"{where}.{key}", f"unknown key; allowed keys here: {', '.join(allowed)}")
+            hint = P.did_you_mean(key, allowed)
+            raise ParamError(f"{where}.{key}", f"unknown key{hint}; allowed keys here: {', '.join(allowed)}")
 
 
 def _check_size(groups: list[Group], repeats: int) -> None:
@@ -384,9 +386,10 @@ def _split_overrides(overrides: Sequence[str]) -> tuple[dict, dict, dict, dict]:
         elif P.is_known_key(key) and key != "name":
             run[key] = value
         else:
+            candidates = P.known_keys() + [f"defaults.{k}" for k in P.known_keys()] + list(OVERRIDABLE_STUDY_KEYS)
             raise ParamError(
                 f"--set {key}",
-                "unknown key; allowed: a run param (python -m facetransfer.params), defaults.<run param>, "
+                f"unknown key{P.did_you_mean(key, candidates)}; allowed: a run param (python -m facetransfer.params), defaults.<run param>, "
                 f"search.<key>, or one of {', '.join(OVERRIDABLE_STUDY_KEYS)}",
             )
     return run, defaults, study, search

@@ -18,6 +18,7 @@ Formats: :mod:`.celeba` (original TXT and Kaggle CSV layouts), :mod:`.celeba30k`
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 from facetransfer.datasets import adience, celeba, celeba30k, common, utkface
@@ -28,10 +29,11 @@ from facetransfer.datasets.celeba30k import LABELS as CELEBA30K_LABELS
 from facetransfer.datasets.common import RECORD_COLUMNS, SYNTHETIC_MARKER, Dataset, reason_category
 from facetransfer.datasets.utkface import RACES
 from facetransfer.errors import DataError, ParamError
+from facetransfer.images import check_images
 
 __all__ = [
     "AGE_GROUPS", "AGE_GROUP_NAMES", "ATTRIBUTES", "CELEBA30K_LABELS", "DATASETS", "RACES",
-    "RECORD_COLUMNS", "SYNTHETIC_MARKER", "Dataset", "format_summary", "load", "reason_category",
+    "RECORD_COLUMNS", "SYNTHETIC_MARKER", "Dataset", "check_decodes", "format_summary", "load", "reason_category",
     "summary",
 ]  # fmt: skip
 
@@ -39,11 +41,11 @@ DATASETS = ("celeba", "celeba30k", "utkface", "adience", "folder")
 _MODULES = {"celeba": celeba, "celeba30k": celeba30k, "utkface": utkface, "adience": adience}
 
 
-def load(name: str, root, *, folder: dict | None = None, frontal: bool = True, progress: bool = True) -> Dataset:
+def load(name: str, root, *, folder: dict | None = None, frontal: bool | None = None, progress: bool = True) -> Dataset:
     """Load dataset ``name`` from ``root`` (its top folder, one level above or below).
 
     ``folder`` is the spec of the ``folder`` dataset (params ``data.folder``); ``frontal``
-    picks Adience's fold_frontal_* files; ``progress`` shows a bar while checking files.
+    picks Adience's fold files (None: fold_frontal_* when present, else fold_*); ``progress`` shows a bar while checking files.
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
@@ -60,6 +62,22 @@ def load(name: str, root, *, folder: dict | None = None, frontal: bool = True, p
     if name == "adience":
         return adience.load(root, found, layout, frontal=frontal, progress=progress)
     return module.load(root, found, layout, progress=progress)
+
+
+def check_decodes(ds: Dataset, *, progress: bool = True, workers: int | None = None) -> Dataset:
+    """``ds`` with every record whose image does not decode moved to ``skipped``.
+
+    Loading only checks each file's first bytes; this decodes every image with the image
+    cache's own decoder (:func:`facetransfer.images.check_images`), so the usable count
+    equals what a run uses.
+    """
+    bad = check_images(ds.records["path"], workers=workers, progress=progress)
+    if not bad:
+        return replace(ds, info={**ds.info, "decoded": "every image"})
+    undecodable = ds.records["path"].isin(bad)
+    skipped = sorted([*ds.skipped, *({"path": p, "reason": r} for p, r in bad.items())], key=lambda s: (s["path"], s["reason"]))
+    records = ds.records[~undecodable].reset_index(drop=True)
+    return replace(ds, records=records, skipped=skipped, info={**ds.info, "decoded": "every image"})
 
 
 def _counts(series, names=None) -> dict[str, int]:
@@ -138,10 +156,14 @@ def format_summary(summary: dict, *, examples: int = 5) -> str:
         lines.append("age groups  " + ", ".join(f"{k}: {v}" for k, v in s["age_group_counts"].items()))
     if s["source_split_counts"]:
         lines.append("partition   " + ", ".join(f"{k} {v}" for k, v in s["source_split_counts"].items()))
+    if s["info"].get("folds_read"):
+        lines.append(f"folds read  {s['info']['folds_read']}")
     if s["fold_counts"]:
         lines.append("folds       " + ", ".join(f"{k}: {v}" for k, v in s["fold_counts"].items()))
     if s["n_subjects"] is not None:
         lines.append(f"subjects    {s['n_subjects']}")
+    checked = "every image decoded, as a run decodes it" if s["info"].get("decoded") else "each file's first bytes only (--fast)"
+    lines.append(f"checked     {checked}")
     lines.append(f"skipped     {s['n_skipped']}")
     width = max((len(r) for r in s["skipped_by_reason"]), default=0)
     lines += [f"  {reason:<{width}}  {count}" for reason, count in s["skipped_by_reason"].items()]

@@ -4,7 +4,12 @@ Layout::
 
     aligned/<user_id>/landmark_aligned_face.<face_id>.<original_image>
     fold_0_data.txt ... fold_4_data.txt                    (layout adience-all)
-    fold_frontal_0_data.txt ... fold_frontal_4_data.txt    (layout adience-frontal, the default)
+    fold_frontal_0_data.txt ... fold_frontal_4_data.txt    (layout adience-frontal)
+
+``frontal=None`` (the default) reads the frontal folds when any is present (all five are
+then required) and the full folds otherwise, and says which in ``Dataset.info["folds_read"]`` (shown by the
+summary and kept in each run's provenance); ``frontal=True`` asks for the frontal folds
+(missing ones are a one-line DataError); ``frontal=False`` reads ``fold_*_data.txt``.
 
 The fold files are tab separated with the header ``user_id original_image face_id age
 gender x y dx dy tilt_ang fiducial_yaw_angle fiducial_score``. ``subject`` = user_id,
@@ -126,11 +131,22 @@ def _listed_paths(root: Path, paths: list[Path]) -> set[str]:
     return listed
 
 
-def load(given_root, root: Path, layout: str, *, frontal: bool = True, progress: bool = True) -> common.Dataset:
+def _choose_folds(root: Path, frontal: bool | None) -> tuple[bool, str]:
+    """(read the frontal folds?, the sentence saying which files were read and why)."""
+    have_frontal = any((root / name).is_file() for name in fold_names(True))  # an incomplete set is an error, not a fallback
+    if frontal is None:
+        if have_frontal:
+            return True, "fold_frontal_*_data.txt (present; data.frontal: null)"
+        return False, "fold_*_data.txt (no fold_frontal_*_data.txt; data.frontal: null)"
+    return frontal, f"{'fold_frontal_*_data.txt' if frontal else 'fold_*_data.txt'} (data.frontal: {str(frontal).lower()})"
+
+
+def load(given_root, root: Path, layout: str, *, frontal: bool | None = None, progress: bool = True) -> common.Dataset:
+    frontal, folds_read = _choose_folds(root, frontal)
     wanted = [root / name for name in fold_names(frontal)]
     missing = [p.name for p in wanted if not p.is_file()]
     if missing:
-        hint = " (set frontal: false / --all-folds to read fold_*_data.txt)" if frontal and layout == "adience-all" else ""
+        hint = " (set data.frontal: null or false / --all-folds to read fold_*_data.txt)" if frontal else ""
         raise DataError(f"adience: missing fold files in {root}: {', '.join(missing)}{hint}")
     aligned = root / "aligned"
     if not aligned.is_dir():
@@ -146,7 +162,7 @@ def load(given_root, root: Path, layout: str, *, frontal: bool = True, progress:
     all_folds = [root / name for name in fold_names(False)]
     if frontal and all(p.is_file() for p in all_folds):
         orphan_reasons = dict.fromkeys(_listed_paths(root, all_folds), NOT_FRONTAL)
-    info = {"folds": [str(p) for p in wanted], "images": str(aligned)}
+    info = {"folds_read": folds_read, "folds": [str(p) for p in wanted], "images": str(aligned)}
     return common.finish(
         "adience", given_root, root, "adience-frontal" if frontal else "adience-all", frame, skipped,
         image_dirs=common.subfolders(aligned), orphan_reasons=orphan_reasons, extra=["age_raw", "face_id"],

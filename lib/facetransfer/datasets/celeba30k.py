@@ -3,7 +3,7 @@
 Accepted copies: the CSV (the one ``*.csv`` in the top folder whose header has a ``Male``
 column) has a file-name column named ``image_id`` or ``filename``, or an unnamed (empty)
 first column, and the 10 label columns :data:`LABELS`; labels are 0/1 or -1/1, detected
-per file (a file using both -1 and 0 is refused). The image folder is the top folder or a
+per file by the majority of its rows (rows in the other encoding are quarantined). The image folder is the top folder or a
 subfolder (up to two levels deep) where the CSV's file names are found. Anything else
 fails with a one-line DataError naming what was expected. ``gender`` = ``Male``; the 10
 labels are kept as 0/1 int8 columns; no subject, partition or folds. Loading reads labels

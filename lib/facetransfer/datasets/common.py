@@ -10,7 +10,10 @@ opened and its first 16 bytes read, so a full CelebA (202,599 files) loads in se
 * every row of an id that appears more than once → ``duplicate id``
 * a zero-byte file → ``empty file``; a file whose first bytes are no JPEG, PNG, GIF, BMP
   or WebP signature → ``not an image``
-* a label value out of range or not a number → ``bad label value: <column>=<value>``
+* a label value out of range or not a number → ``bad label value: <file> line <n> column
+  <column>=<value> ...``; in a binary label file where both -1 and 0 occur, every row of the
+  minority encoding likewise (the majority decides; a tie is a DataError)
+* names are compared after Unicode NFC normalisation on both sides (:func:`disk_names`)
 
 Every excluded input becomes a quarantine entry ``{"path", "reason"}``. A reason is a
 fixed category, optionally followed by ``": "`` and details; :func:`reason_category`
@@ -25,6 +28,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -221,13 +225,16 @@ def binary_table(
     Returns (frame with ``path`` (``folder``/id), ``_id``, ``_reason`` and the ``labels``
     columns, encoding).
     A row with the wrong number of fields or a value other than -1, 0, 1 keeps its path
-    and gets a reason. A file that uses both -1 and 0 cannot be read without guessing
-    and raises DataError. Rows without an id go straight to ``skipped``.
+    and gets a reason naming the file, line, column and value. A file where both -1 and 0
+    occur is read in the encoding of the majority of its rows; every row using the other
+    encoding is quarantined with its line and column (see :func:`_minority_reasons`).
+    Rows without an id go straight to ``skipped``.
     """
     k = len(labels)
     pick = itemgetter(*(header.index(name) for name in labels))
     code = defaultdict(lambda: _BAD, _CODES).__getitem__
     ids: list[str] = []
+    numbers: list[int] = []
     reasons: list[str | None] = []
     rows_codes: list[bytes] = []  # one byte per label: compact for CelebA's 8 million cells
     for number, fields in rows:
@@ -236,6 +243,7 @@ def binary_table(
             skipped.append({"path": f"{source}:{number}", "reason": f"{MALFORMED_ROW}: line {number} has no file name"})
             continue
         ids.append(key)
+        numbers.append(number)
         if len(fields) != len(header):
             reasons.append(f"{MALFORMED_ROW}: {source.name} line {number} has {len(fields)} fields, expected {len(header)}")
             rows_codes.append(bytes(k))
@@ -244,23 +252,50 @@ def binary_table(
         reason = None
         if _BAD in row:
             col = row.index(_BAD)
-            reason = f"{BAD_LABEL}: {labels[col]}={fields[header.index(labels[col])]!r} in {source.name} (allowed -1/1 or 0/1)"
+            value = fields[header.index(labels[col])]
+            reason = f"{BAD_LABEL}: {source.name} line {number} column {labels[col]}={value!r} (allowed -1/1 or 0/1)"
         reasons.append(reason)
         rows_codes.append(row)
     values = np.frombuffer(b"".join(rows_codes), dtype=np.uint8).reshape(len(rows_codes), k)
-    good = values[np.array([r is None for r in reasons], dtype=bool)]
-    has_minus, has_zero = bool((good == _MINUS).any()), bool((good == 0).any())
-    if has_minus and has_zero:
-        raise DataError(
-            f"{source}: label values mix the -1/1 and 0/1 encodings (both -1 and 0 occur); "
-            "expected one encoding per file"
-        )
+    ok = np.array([r is None for r in reasons], dtype=bool)
+    encoding = _majority_encoding(values, ok, numbers, labels, source)
+    for i, reason in _minority_reasons(values, ok, numbers, labels, source, encoding):
+        reasons[i] = reason
     prefix = os.path.join(folder, "")
     frame = pd.DataFrame((values == 1).astype(np.int8), columns=list(labels))
     frame.insert(0, "_reason", pd.Series(reasons, dtype=object))
     frame.insert(0, "_id", ids)
     frame.insert(0, "path", [prefix + key for key in ids])
-    return frame, "-1/1" if has_minus else "0/1"
+    return frame, encoding
+
+
+def _majority_encoding(values: np.ndarray, ok: np.ndarray, numbers: list[int], labels: Sequence[str], source: Path) -> str:
+    """"-1/1" or "0/1": the encoding most rows of the file use (rows with only 1s fit both).
+
+    The majority decides because one mistyped row must not reject 30,000 good ones; the
+    minority rows are quarantined, never re-read in the other encoding (a ``0`` in a -1/1
+    file may be a typo for ``-1`` or for ``1``). A tie cannot be decided: DataError
+    naming the first line of each encoding.
+    """
+    minus_rows = ok & (values == _MINUS).any(axis=1)
+    zero_rows = ok & (values == 0).any(axis=1)
+    n_minus, n_zero = int((minus_rows & ~zero_rows).sum()), int((zero_rows & ~minus_rows).sum())
+    if n_minus and n_zero and n_minus == n_zero:
+        first_minus, first_zero = numbers[int(np.argmax(minus_rows))], numbers[int(np.argmax(zero_rows))]
+        raise DataError(
+            f"{source}: as many rows use -1/1 ({n_minus}, first line {first_minus}) as 0/1 ({n_zero}, first line "
+            f"{first_zero}); expected one encoding per file"
+        )
+    return "-1/1" if n_minus > n_zero or (n_minus == n_zero and minus_rows.any()) else "0/1"
+
+
+def _minority_reasons(values, ok, numbers, labels, source: Path, encoding: str) -> Iterator[tuple[int, str]]:
+    """(row index, quarantine reason) of every row holding the value the encoding lacks."""
+    foreign = 0 if encoding == "-1/1" else _MINUS
+    for i in np.flatnonzero(ok & (values == foreign).any(axis=1)):
+        col = int(np.argmax(values[i] == foreign))
+        text = "0" if foreign == 0 else "-1"
+        yield int(i), f"{BAD_LABEL}: {source.name} line {numbers[i]} column {labels[col]}={text!r} (this file uses {encoding})"
 
 
 def add_reason(frame: pd.DataFrame, mask, reasons) -> None:
@@ -305,6 +340,36 @@ def check_file(path: str) -> str | None:
     if not has_image_signature(head):
         return f"{NOT_IMAGE}: no JPEG/PNG/GIF/BMP/WebP signature"
     return None
+
+
+def _nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
+
+
+def disk_names(paths: Sequence[str]) -> list[str]:
+    """Each path as spelled on disk when its name differs only in Unicode normalisation.
+
+    A label file written on one system and images copied from another (macOS stores
+    names decomposed, NFD) spell the same name with different code points. Names are
+    compared after NFC normalisation on both sides; a path that exists as given, or has
+    no match, is kept as given (and is then reported as missing).
+    """
+    listings: dict[str, dict[str, str] | None] = {}
+    out = []
+    for path in paths:
+        folder, name = os.path.split(path)
+        if name.isascii() or os.path.exists(path):  # ASCII: NFC is the identity
+            out.append(path)
+            continue
+        if folder not in listings:
+            try:
+                with os.scandir(folder or ".") as it:
+                    listings[folder] = {_nfc(e.name): e.name for e in it}
+            except OSError:
+                listings[folder] = None
+        on_disk = (listings[folder] or {}).get(_nfc(name))
+        out.append(os.path.join(folder, on_disk) if on_disk else path)
+    return out
 
 
 def check_files(paths: Sequence[str], *, progress: bool = True, desc: str = "checking files") -> list[str | None]:
@@ -361,6 +426,7 @@ def finish(
     a more precise reason than "without label row" for some of those files.
     """
     frame = frame.reset_index(drop=True)
+    frame["path"] = disk_names(frame["path"].tolist())
     counts = frame["path"].map(frame["path"].value_counts())
     add_reason(frame, counts > 1, counts.map(lambda c: f"{DUPLICATE}: {c} label rows for this file"))
     todo = frame.index[frame["_reason"].isna()]

@@ -13,7 +13,10 @@ An empty label cell gives NA (the record is kept; ``facetransfer.data.prepare``
 quarantines it for the tasks that need that label); any other value that is not
 ``male_value``/``female_value``, not an age in 0-120 years, or not an age group (0-7 or
 an Adience group such as ``(25, 32)``) is skipped as ``bad label value``. Other CSV
-columns are kept as text columns (e.g. for subgroup metrics). Image files in the folders
+columns are kept as text columns under their own names (e.g. for subgroup metrics); a
+column whose name facetransfer uses itself (:data:`RESERVED`, e.g. ``split`` or ``row``)
+and that the spec does not name is refused in one line, and so is a header that names a
+column twice (which of the two was meant cannot be known). Image files in the folders
 the CSV points into that no row lists are skipped as ``image file without label row``.
 Loading checks files only; no image is decoded or cropped.
 """
@@ -28,6 +31,7 @@ import pandas as pd
 from facetransfer.datasets import common
 from facetransfer.datasets.adience import AGE_GROUPS
 from facetransfer.errors import DataError, ParamError
+from facetransfer.params import did_you_mean
 
 DEFAULTS = {
     "csv": "labels.csv",
@@ -40,6 +44,9 @@ DEFAULTS = {
     "subject_column": None,
 }
 MAX_AGE = 120
+# Columns facetransfer adds to the records or predictions itself: a CSV column of that name
+# would be overwritten or would overwrite them.
+RESERVED = (*common.RECORD_COLUMNS, "row", "split", "y_true", "y_pred", "prob", "correct")
 _GROUP_TEXT = {**{f"({lo}, {hi})": i for i, (lo, hi) in enumerate(AGE_GROUPS)}, **{str(i): i for i in range(8)}}
 
 
@@ -49,7 +56,8 @@ def spec_of(folder: dict | None) -> dict:
         raise ParamError("data.folder", "is required with dataset folder (csv, path_column and at least one of gender_column, age_column, age_group_column)")
     unknown = [k for k in folder if k not in DEFAULTS]
     if unknown:
-        raise ParamError(f"data.folder.{unknown[0]}", f"unknown key; allowed keys: {', '.join(DEFAULTS)}")
+        hint = did_you_mean(unknown[0], DEFAULTS)
+        raise ParamError(f"data.folder.{unknown[0]}", f"unknown key{hint}; allowed keys: {', '.join(DEFAULTS)}")
     spec = {**DEFAULTS, **{k: v for k, v in folder.items() if v is not None}}
     if not any(spec[k] for k in ("gender_column", "age_column", "age_group_column")):
         raise ParamError("data.folder", "names no label column; set gender_column, age_column or age_group_column")
@@ -100,6 +108,21 @@ def _age_group(text: str, spec: dict):
 LABEL_PARSERS = {"gender": ("gender_column", _gender), "age": ("age_column", _age), "age_group": ("age_group_column", _age_group)}
 
 
+def _check_header(path: Path, header: list[str], named: dict) -> None:
+    """DataError for a column named twice, or a reserved name the spec does not map."""
+    seen = set()
+    for number, column in enumerate(header, start=1):
+        if column and column in seen:
+            raise DataError(f"{path}: line 1 names column {column!r} twice (columns {header.index(column) + 1} and {number}); expected unique column names")
+        seen.add(column)
+    for column in header:
+        if column not in named.values() and (column in RESERVED or column.startswith("_")):
+            raise DataError(
+                f"{path}: column {column!r} has a name facetransfer uses itself ({', '.join(RESERVED)}, _*); "
+                "rename it in the CSV, or name it in data.folder if it is that label"
+            )
+
+
 def load(given_root, root: Path, layout: str, *, spec: dict, progress: bool = True) -> common.Dataset:
     path = root / spec["csv"]
     rows = common.text_rows(path, delimiter=",")
@@ -108,8 +131,9 @@ def load(given_root, root: Path, layout: str, *, spec: dict, progress: bool = Tr
     for key, column in named.items():
         if column not in header:
             raise DataError(f"{path}: no column {column!r} (data.folder.{key}); columns: {', '.join(header)}")
+    _check_header(path, header, named)
     labels = tuple(name for name, (key, _) in LABEL_PARSERS.items() if spec[key])
-    extra = [c for c in header if c and c not in named.values() and c not in common.RECORD_COLUMNS and c != "_reason"]
+    extra = [c for c in header if c and c not in named.values()]
     base = path.parent
     skipped: list[dict] = []
     records = []

@@ -1,0 +1,91 @@
+"""The JAX environment and kernel choice: `make venv-jax`, the kernel of the running
+Keras backend, and one-line errors for a missing kernel or a missing backend.
+
+`make venv-jax` downloads about 600 MB, so it is checked with `make -n` (what it would
+run), not built; the kernel choice uses a fake kernelspec folder on JUPYTER_PATH.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from facetransfer import runner
+from facetransfer.errors import FacetransferError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_make_venv_jax_builds_without_tensorflow_and_registers_its_own_kernel():
+    proc = subprocess.run(["make", "-n", "venv-jax"], cwd=REPO, capture_output=True, text=True, check=True)
+    lines = proc.stdout.splitlines()
+    assert "test -x .venv-jax/bin/python || python3 -m venv .venv-jax" in lines
+    assert "grep -v '^tensorflow' requirements.txt > .venv-jax/requirements-without-tensorflow.txt" in lines
+    assert ".venv-jax/bin/python -m pip install --quiet -r .venv-jax/requirements-without-tensorflow.txt -r requirements-jax.txt" in lines
+    assert ".venv-jax/bin/python -m pip install --quiet --no-deps --no-build-isolation -e ." in lines
+    install = next(line for line in lines if "ipykernel install" in line)
+    assert "--sys-prefix --name facetransfer-jax" in install and "--env KERAS_BACKEND jax" in install
+    assert not any(".venv/" in line for line in lines)  # never touches the TensorFlow venv
+    assert "jax[cpu]" in (REPO / "requirements-jax.txt").read_text()
+
+
+def fake_kernel(folder: Path, name: str) -> None:
+    spec = folder / "kernels" / name
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"], "display_name": name, "language": "python"}))
+
+
+@pytest.mark.parametrize("backend,kernel", [("jax", "facetransfer-jax"), ("tensorflow", "facetransfer")])
+def test_run_picks_the_kernel_of_the_running_backend(tmp_path, monkeypatch, backend, kernel):
+    fake_kernel(tmp_path, "facetransfer-jax")
+    fake_kernel(tmp_path, "facetransfer")
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
+    monkeypatch.setattr(runner, "_keras_backend", lambda: backend)
+    assert runner._check_kernel(None) == kernel
+    assert runner._check_kernel("facetransfer") == "facetransfer"  # named explicitly: that one
+
+
+def test_missing_kernel_is_one_line_naming_the_make_target(tmp_path, monkeypatch):
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
+    monkeypatch.setattr(runner, "_keras_backend", lambda: "jax")
+    with pytest.raises(FacetransferError) as exc:
+        runner._check_kernel(None)
+    message = str(exc.value)
+    assert "\n" not in message and "'facetransfer-jax' (Keras backend jax) not found" in message
+    assert "run `make venv-jax` and use KERAS_BACKEND=jax .venv-jax/bin/facetransfer" in message
+
+
+BLOCK_TENSORFLOW = textwrap.dedent(
+    """
+    import sys
+
+    class NoTensorFlow:  # as if tensorflow were not installed
+        def find_spec(self, name, path, target=None):
+            if name.split(".")[0] == "tensorflow":
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    sys.meta_path.insert(0, NoTensorFlow())
+    from facetransfer.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def test_missing_backend_is_one_line_naming_the_environment(tmp_path):
+    script = tmp_path / "no_tf.py"
+    script.write_text(BLOCK_TENSORFLOW)
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow", "PYTHONPATH": str(REPO / "lib")}
+    proc = subprocess.run(
+        [sys.executable, str(script), "run", str(REPO / "params" / "demo.yaml"), "--dry-run"],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("facetransfer: error: Keras backend tensorflow needs tensorflow, which is not installed")
+    assert "use .venv (make venv)" in proc.stderr and "KERAS_BACKEND=jax needs .venv-jax (make venv-jax)" in proc.stderr
