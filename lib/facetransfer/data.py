@@ -10,8 +10,11 @@
 4. ``data.limit``: a seeded subset of that many records, stratified on the task label;
 5. the decoded-image cache at ``params.image_size(cfg)`` px under
    ``results_root/_cache/images``; undecodable files are quarantined (stage ``decode``);
-6. the split (``data.split``; seeded with ``seed``, stratified on the task label) and a
-   leakage check.
+6. the split (``data.split``; seeded with the split seed, stratified on the task label) and a
+   leakage check;
+7. ``data.train_size``: only that many of the training records are kept (stratified, drawn
+   with the split seed, nested: a smaller size is a subset of a larger one); val and test
+   are the split's own, so runs at different sizes are tested on the same images.
 
 The result, :class:`PreparedData`, hands out row numbers, targets and batch feeders per
 split, and :meth:`PreparedData.provenance` says where every record went.
@@ -67,6 +70,7 @@ class PreparedData:
     quarantine: pd.DataFrame  # path, reason, stage ("load" | "label" | "decode")
     image_size: int
     n_selected: int = 0  # records with the task's labels after `limit`, before decoding
+    n_train_split: int = 0  # training records the split made, before `train_size`
     seconds: float = 0.0
 
     @property
@@ -147,6 +151,7 @@ class PreparedData:
             "quarantine_by_reason": {k: int(v) for k, v in reasons.items()},
             "split": {"source": d["split"]["source"], "fractions": d["split"]["fractions"], "test_fold": d["split"]["test_fold"], "seed": self.cfg["seed"], "stratify": TASK_STRATIFY[self.task]},
             "split_counts": {s: int(counts.get(s, 0)) for s in SPLITS},
+            "train_size": {"requested": d["train_size"], "used": int(counts.get("train", 0)), "of": self.n_train_split},
             "class_counts": self.class_counts(),
             "image_size": self.image_size,
             "crop": d["crop"],
@@ -210,6 +215,40 @@ def prepare(cfg: dict, results_root, *, progress: bool = True) -> PreparedData:
         raise DataError(f"{d['dataset']}: none of the images in {ds.root} could be decoded (e.g. {first})")
     records["row"] = cache.rows(records["path"])
     split_cfg = d["split"]
-    records["split"] = make_splits(records, source=split_cfg["source"], fractions=split_cfg["fractions"], seed=cfg["seed"], stratify=TASK_STRATIFY[task], test_fold=split_cfg["test_fold"])
+    records["split"] = make_splits(records, source=split_cfg["source"], fractions=split_cfg["fractions"], seed=split_seed(cfg), stratify=TASK_STRATIFY[task], test_fold=split_cfg["test_fold"])
     check_leakage(records, records["split"])
-    return PreparedData(cfg=cfg, dataset=ds, cache=cache, records=records, quarantine=quarantine, image_size=size, n_selected=len(cache.paths) + len(cache.skipped), seconds=time.perf_counter() - start)
+    n_train_split = int((records["split"] == "train").sum())
+    if d["train_size"] is not None:
+        records = limit_train(records, d["train_size"], seed=split_seed(cfg), stratify=TASK_STRATIFY[task])
+    return PreparedData(cfg=cfg, dataset=ds, cache=cache, records=records, quarantine=quarantine, image_size=size, n_selected=len(cache.paths) + len(cache.skipped), n_train_split=n_train_split, seconds=time.perf_counter() - start)
+
+
+def split_seed(cfg: dict) -> int:
+    """The seed of the split and of the ``data.train_size`` subset (the one place to change
+    when the split gets its own seed, ``data.split.seed``)."""
+    return cfg["seed"]
+
+
+def limit_train(records: pd.DataFrame, train_size: int, *, seed: int, stratify: str) -> pd.DataFrame:
+    """``records`` with only ``train_size`` of its ``train`` records left; val and test untouched.
+
+    Stratified and nested: within each stratum the records are ranked by one seeded
+    permutation; the first of every stratum comes first, then the rest by rank relative to the
+    stratum's size. The first ``train_size`` of that order are kept, so every class is in and a
+    smaller size is a subset of a larger one (scikit-learn's stratified samplers are not nested).
+    """
+    train = records[records["split"] == "train"]
+    labels = stratum_labels(train, stratify)
+    n_classes = labels.nunique()
+    if train_size > len(train) or train_size < n_classes:
+        raise ParamError("data.train_size", f"{train_size} is outside the training split's size: allowed {n_classes}..{len(train)} (the {n_classes} classes of {stratify} .. the {len(train)} training images), or null for all")
+    rng = np.random.default_rng(seed)
+    rank = pd.Series(0.0, index=train.index)
+    for _, members in labels.groupby(labels, sort=True):
+        order = rng.permutation(len(members))
+        rank[members.index] = order / len(members)
+    first = rank == 0.0
+    order = pd.DataFrame({"later": ~first, "rank": rank}).sort_values(["later", "rank"], kind="stable").index
+    keep = set(order[:train_size])
+    dropped = (records["split"] == "train") & ~records.index.isin(keep)
+    return records[~dropped].reset_index(drop=True)

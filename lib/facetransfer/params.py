@@ -225,6 +225,7 @@ RUN_SCHEMA = Section(
                 "image_size": F("int", None, min=32, max=512, nullable=True, doc="model input px; null = the backbone's default"),
                 "crop": F("choice", "center", choices=CROPS, doc="center: crop the central square; pad: letterbox"),
                 "limit": F("int", None, min=1, nullable=True, doc="use a seeded stratified subset of this many records"),
+                "train_size": F("int", None, min=1, nullable=True, doc="train on a stratified subset of this many TRAINING images (drawn with the split seed; smaller sizes are subsets of larger ones); val and test stay as split"),
                 "frontal": F("bool", True, doc="adience: read the fold_frontal_* files"),
                 "attributes": F("list", [], item=F("str"), doc="extra label columns to keep for subgroup metrics"),
                 "folder": Section(
