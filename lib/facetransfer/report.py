@@ -80,7 +80,7 @@ th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
 code{background:#f6f8fa;padding:0 3px}
 th{white-space:nowrap}td.flagged{background:#fff5f5}td.best{font-weight:bold}
 .params{font-size:13px}
-.figures{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}img.headline{max-width:100%;border:1px solid #d0d7de}
+.figures{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}img.headline{max-width:calc(50% - 6px);height:auto;border:1px solid #d0d7de}
 """
 
 _BAR_CSS = """
@@ -653,7 +653,7 @@ def answer_section(study_dir: Path, *, synthetic: bool) -> list[str]:
     figures = [_figure_img(plots.metric_bars(answer["table"], metrics=["accuracy"], title=f"Test accuracy per run ({task}), 95% Wilson intervals", synthetic=synthetic), "test accuracy per run")]
     efficiency = compare.data_efficiency(study_dir)
     if len(efficiency):
-        figures.append(_figure_img(plots.data_efficiency(efficiency, synthetic=synthetic), "test accuracy against training images"))
+        figures.insert(0, _figure_img(plots.data_efficiency(efficiency, synthetic=synthetic), "test accuracy against training images"))
     names = ", ".join(f"<b>{e(str(r['Run']))}</b> {_acc(r)}" for _, r in equivalent.iterrows()) or "none"
     lines = [
         f"<li>Best run ({e(task)}, test accuracy, 95% interval): <b>{e(str(best['Run']))}</b> {_acc(best)} on {best['n_test']:.0f} test images.</li>",
@@ -666,7 +666,7 @@ def answer_section(study_dir: Path, *, synthetic: bool) -> list[str]:
         verdicts = [f"{e(str(r.line))} at {r.n_train:,} images: {e(str(r.verdict))}" for r in tested.itertuples()]
         lines.append(f"<li>Against {e(str(efficiency.attrs['baseline']))} at each training size (paired test on the same test images, Holm-corrected): "
                      + ("; ".join(verdicts) or "no size has both runs") + ".</li>")
-    return ["<h2>The answer at a glance</h2>", f'<div class="figures">{"".join(figures)}</div>', f"<ul>{''.join(lines)}</ul>"]
+    return ["<h2>The answer at a glance</h2>", f"<ul>{''.join(lines)}</ul>", f'<div class="figures">{"".join(figures)}</div>']
 
 
 def index_html(info: Mapping, study_dir: Path, pages: Mapping[str, str]) -> str:
