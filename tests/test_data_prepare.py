@@ -214,3 +214,27 @@ def test_provenance_says_which_adience_folds_were_read(tmp_path):
     provenance = prepared.provenance()
     assert provenance["layout"] == "adience-all"
     assert provenance["dataset_info"]["folds_read"] == "fold_*_data.txt (no fold_frontal_*_data.txt; data.frontal: null)"
+
+
+def test_train_size_limits_train_only_nested_and_stratified(celeba_root, tmp_path):
+    full = data.prepare(_cfg(root=str(celeba_root)), tmp_path, progress=False)
+    n_train = len(full.rows("train"))
+    sizes = {}
+    for n in (2, 10, 30):
+        part = data.prepare(_cfg(root=str(celeba_root), train_size=n), tmp_path, progress=False)
+        for split in ("val", "test"):
+            assert part.records.loc[part.records["split"] == split, "path"].tolist() == full.records.loc[full.records["split"] == split, "path"].tolist()
+        train = part.records[part.records["split"] == "train"]
+        assert len(train) == n and set(train["gender"]) == {0, 1}
+        assert part.provenance()["train_size"] == {"requested": n, "used": n, "of": n_train}
+        sizes[n] = set(train["path"])
+    assert sizes[2] <= sizes[10] <= sizes[30]
+    share = full.records.loc[full.records["split"] == "train", "gender"].mean()
+    assert abs(len([p for p in sizes[30] if full.records.set_index("path").loc[p, "gender"] == 1]) / 30 - share) <= 1 / 30 + 1e-9
+
+
+@pytest.mark.parametrize("size", [1, 10_000])
+def test_train_size_outside_the_training_split_is_one_line(celeba_root, tmp_path, size):
+    n_train = len(data.prepare(_cfg(root=str(celeba_root)), tmp_path, progress=False).rows("train"))
+    with pytest.raises(ParamError, match=rf"^params: data.train_size: {size} is outside the training split's size: allowed 2..{n_train} .*$"):
+        data.prepare(_cfg(root=str(celeba_root), train_size=size), tmp_path, progress=False)

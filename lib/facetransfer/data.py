@@ -13,7 +13,10 @@
 6. near duplicates (:mod:`facetransfer.near_duplicates`), found where some images have no
    identity (their split is image-level) or ``data.split.near_duplicates`` is ``group``;
 7. the split (``data.split``, stratified on the task label; with ``group``, each
-   near-duplicate cluster on one side) and a leakage check.
+   near-duplicate cluster on one side) and a leakage check;
+8. ``data.train_size``: only that many of the training records are kept (stratified, drawn
+   with the split seed, nested: a smaller size is a subset of a larger one); val and test
+   are the split's own, so runs at different sizes are tested on the same images.
 
 Seeds: the subset (4) and the split (7) use ``data.split.seed``, NOT the run's ``seed``
 (which drives the initial weights, the batch order and augmentation), so the repeats of a
@@ -79,6 +82,7 @@ class PreparedData:
     quarantine: pd.DataFrame  # path, reason, stage ("load" | "label" | "decode")
     image_size: int
     n_selected: int = 0  # records with the task's labels after `limit`, before decoding
+    n_train_split: int = 0  # training records the split made, before `train_size`
     seconds: float = 0.0
     near_duplicates: dict | None = None  # what near_duplicates.find found (None: not checked)
 
@@ -206,6 +210,7 @@ class PreparedData:
             },
             "near_duplicates": self._near_duplicates_provenance(),
             "split_counts": {s: int(counts.get(s, 0)) for s in SPLITS},
+            "train_size": {"requested": d["train_size"], "used": int(counts.get("train", 0)), "of": self.n_train_split},
             "class_counts": self.class_counts(),
             "image_size": self.image_size,
             "crop": d["crop"],
@@ -275,4 +280,32 @@ def prepare(cfg: dict, results_root, *, progress: bool = True) -> PreparedData:
     clusters = records["near_duplicate"] if split_cfg["near_duplicates"] == "group" else None
     records["split"] = make_splits(records, source=split_cfg["source"], fractions=split_cfg["fractions"], seed=split_cfg["seed"], stratify=TASK_STRATIFY[task], test_fold=split_cfg["test_fold"], clusters=clusters)
     check_leakage(records, records["split"], clusters)
-    return PreparedData(cfg=cfg, dataset=ds, cache=cache, records=records, quarantine=quarantine, image_size=size, n_selected=len(cache.paths) + len(cache.skipped), seconds=time.perf_counter() - start, near_duplicates=found)
+    n_train_split = int((records["split"] == "train").sum())
+    if d["train_size"] is not None:
+        records = limit_train(records, d["train_size"], seed=split_cfg["seed"], stratify=TASK_STRATIFY[task])
+    return PreparedData(cfg=cfg, dataset=ds, cache=cache, records=records, quarantine=quarantine, image_size=size, n_selected=len(cache.paths) + len(cache.skipped), n_train_split=n_train_split, seconds=time.perf_counter() - start, near_duplicates=found)
+
+
+def limit_train(records: pd.DataFrame, train_size: int, *, seed: int, stratify: str) -> pd.DataFrame:
+    """``records`` with only ``train_size`` of its ``train`` records left; val and test untouched.
+
+    Stratified and nested: within each stratum the records are ranked by one seeded
+    permutation; the first of every stratum comes first, then the rest by rank relative to the
+    stratum's size. The first ``train_size`` of that order are kept, so every class is in and a
+    smaller size is a subset of a larger one (scikit-learn's stratified samplers are not nested).
+    """
+    train = records[records["split"] == "train"]
+    labels = stratum_labels(train, stratify)
+    n_classes = labels.nunique()
+    if train_size > len(train) or train_size < n_classes:
+        raise ParamError("data.train_size", f"{train_size} is outside the training split's size: allowed {n_classes}..{len(train)} (the {n_classes} classes of {stratify} .. the {len(train)} training images), or null for all")
+    rng = np.random.default_rng(seed)
+    rank = pd.Series(0.0, index=train.index)
+    for _, members in labels.groupby(labels, sort=True):
+        order = rng.permutation(len(members))
+        rank[members.index] = order / len(members)
+    first = rank == 0.0
+    order = pd.DataFrame({"later": ~first, "rank": rank}).sort_values(["later", "rank"], kind="stable").index
+    keep = set(order[:train_size])
+    dropped = (records["split"] == "train") & ~records.index.isin(keep)
+    return records[~dropped].reset_index(drop=True)

@@ -239,6 +239,7 @@ RUN_SCHEMA = Section(
                 "image_size": F("int", None, min=32, max=512, nullable=True, doc="model input px; null = the backbone's default"),
                 "crop": F("choice", "center", choices=CROPS, doc="center: crop the central square; pad: letterbox"),
                 "limit": F("int", None, min=1, nullable=True, doc="use a stratified subset of this many records (seeded by data.split.seed)"),
+                "train_size": F("int", None, min=1, nullable=True, doc="train on a stratified subset of this many TRAINING images (drawn with the split seed; smaller sizes are subsets of larger ones); val and test stay as split"),
                 "frontal": F("bool", None, nullable=True, doc="adience: true reads fold_frontal_*, false fold_*; null: fold_frontal_* when present, else fold_*"),
                 "attributes": F("list", [], item=F("str"), doc="extra label columns to keep for subgroup metrics"),
                 "folder": Section(

@@ -1095,3 +1095,42 @@ def run_calibration(runs: pd.DataFrame, *, n_bins: int = 10, synthetic: bool = F
     if not tables:
         return _message(title, "no finished gender runs", synthetic=synthetic)
     return reliability_diagram(tables, title=title, synthetic=synthetic)
+
+
+# ---------------------------------------------------------------- data efficiency (issue 15)
+
+
+def data_efficiency(table: pd.DataFrame, *, title: str = "Test accuracy against the number of training images",
+                    synthetic: bool = False) -> Figure:
+    """One line per strategy: test accuracy with its interval against the training images used
+    (log axis). A filled marker: significantly different from the baseline at that size
+    (``compare.data_efficiency``'s Holm-corrected paired test); open: not significant.
+    """
+    if table is None or len(table) == 0:
+        return _message(title, "no run group varies data.train_size: no data-efficiency curve", synthetic=synthetic)
+    fig, axes = _figure(size=(7.6, 4.4))
+    ax = axes[0, 0]
+    baseline = table.attrs.get("baseline")
+    alpha = table.attrs.get("alpha", 0.05)
+    lines = sorted(table["line"].unique(), key=lambda name: (name != baseline, name))
+    for k, name in enumerate(lines):
+        part = table[table["line"] == name].sort_values("n_train")
+        x = part["n_train"].to_numpy(dtype=float) * (1.0 + 0.03 * (k - (len(lines) - 1) / 2))  # side by side
+        acc = part["accuracy"].to_numpy(dtype=float)
+        err = np.vstack([acc - part["acc_lo"].to_numpy(dtype=float), part["acc_hi"].to_numpy(dtype=float) - acc]).clip(min=0)
+        colour = "#555555" if name == baseline else PALETTE[k % len(PALETTE)]
+        label = f"{name} (baseline)" if name == baseline else name
+        ax.errorbar(x, acc, yerr=err, color=colour, marker="o", mfc="white", capsize=3, linewidth=1.6, label=label,
+                    linestyle="--" if name == baseline else "-")
+        significant = pd.to_numeric(part["p_holm"], errors="coerce").to_numpy(dtype=float) < alpha
+        if significant.any():
+            ax.plot(x[significant], acc[significant], linestyle="none", marker="o", markersize=8, color=colour, zorder=3)
+    sizes = sorted(table["n_train"].unique())
+    ax.set_xscale("log")
+    ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("training images (log scale); validation and test images fixed")
+    ax.set_ylabel(f"test accuracy ({len(table['n'].unique()) == 1 and int(table['n'].iloc[0]) or 'n'} images, 95% CI)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, title=f"filled: differs from {baseline} (Holm p < {alpha:g})" if baseline else None, title_fontsize=8)
+    return _finish(fig, title, synthetic)

@@ -84,6 +84,7 @@ th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
 code{background:#f6f8fa;padding:0 3px}
 th{white-space:nowrap}td.flagged{background:#fff5f5}td.best{font-weight:bold}
 .params{font-size:13px}
+.figures{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}img.headline{max-width:calc(50% - 6px);height:auto;border:1px solid #d0d7de}
 """
 
 _BAR_CSS = """
@@ -658,6 +659,57 @@ def _stages_section(info: Mapping, study_dir: Path, pages: Mapping[str, str]) ->
     return f"<ul>{''.join(items)}</ul>"
 
 
+# ----------------------------------------------------------------------------------------
+# the study's answer at a glance (top of the index page; issue 15)
+
+
+def _figure_img(fig, alt: str) -> str:
+    """A matplotlib figure as an inline PNG (the page opens offline)."""
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img class="headline" alt="{e(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _acc(row) -> str:
+    """Accuracy and its interval, the interval left out where there is none."""
+    if row["acc_lo"] != row["acc_lo"] or row["acc_hi"] != row["acc_hi"]:  # NaN
+        return f"{row['accuracy']:.3f}"
+    return f"{row['accuracy']:.3f} [{row['acc_lo']:.3f}, {row['acc_hi']:.3f}]"
+
+
+def answer_section(study_dir: Path, *, synthetic: bool) -> list[str]:
+    """The headline: test accuracy with intervals per run, the data-efficiency curve where the
+    study varies ``data.train_size``, the best run and the runs not significantly worse."""
+    from facetransfer import compare, plots
+
+    answer = compare.best_and_equivalent(study_dir)
+    if answer["best"] is None:
+        return ["<h2>The answer at a glance</h2>", '<p class="muted">No finished classification run with test results (predictions.csv or a confusion matrix) to compare yet.</p>']
+    task, best, equivalent = answer["task"], answer["best"], answer["equivalent"]
+    alpha = 0.05
+    figures = [_figure_img(plots.metric_bars(answer["table"], metrics=["accuracy"], title=f"Test accuracy per run ({task}), 95% Wilson intervals", synthetic=synthetic), "test accuracy per run")]
+    efficiency = compare.data_efficiency(study_dir)
+    if len(efficiency):
+        figures.insert(0, _figure_img(plots.data_efficiency(efficiency, synthetic=synthetic), "test accuracy against training images"))
+    names = ", ".join(f"<b>{e(str(r['Run']))}</b> {_acc(r)}" for _, r in equivalent.iterrows()) or "none"
+    lines = [
+        f"<li>Best run ({e(task)}, test accuracy, 95% interval): <b>{e(str(best['Run']))}</b> {_acc(best)} on {best['n_test']:.0f} test images.</li>",
+        f"<li>Not significantly less accurate than it (McNemar, Holm-corrected over all pairs, alpha {alpha:g}): {names}.</li>",
+    ]
+    if answer["untested"]:
+        lines.append(f"<li>Not comparable with it (another test set): {e(', '.join(answer['untested']))}.</li>")
+    if len(efficiency):
+        tested = efficiency[efficiency["p_holm"].notna()]
+        verdicts = [f"{e(str(r.line))} at {r.n_train:,} images: {e(str(r.verdict))}" for r in tested.itertuples()]
+        lines.append(f"<li>Against {e(str(efficiency.attrs['baseline']))} at each training size (paired test on the same test images, Holm-corrected): "
+                     + ("; ".join(verdicts) or "no size has both runs") + ".</li>")
+    return ["<h2>The answer at a glance</h2>", f"<ul>{''.join(lines)}</ul>", f'<div class="figures">{"".join(figures)}</div>']
+
+
 def index_html(info: Mapping, study_dir: Path, pages: Mapping[str, str]) -> str:
     runs = [r for r in info["runs"] if r.get("listed")]
     others = [r for r in info["runs"] if not r.get("listed")]
@@ -676,6 +728,7 @@ def index_html(info: Mapping, study_dir: Path, pages: Mapping[str, str]) -> str:
     ]
     if is_synthetic(info):
         parts.append(f'<div class="banner">{e(SYNTHETIC_TEXT)}</div>')
+    parts += answer_section(study_dir, synthetic=is_synthetic(info))
     summary = f'<b>{len(runs)}</b> runs: <span class="ok">{n_ok} ok</span>, <span class="{"bad" if n_failed else "muted"}">{n_failed} failed</span>'
     if n_other:
         summary += f", {n_other} not run"
