@@ -207,7 +207,7 @@ def test_the_run_seed_does_not_move_the_split_or_the_subset(celeba_root, tmp_pat
 
 
 def test_provenance_says_which_adience_folds_were_read(tmp_path):
-    root = _adience(tmp_path / "adience", users=10, per_user=2)
+    root = _adience(tmp_path / "adience", users=30, per_user=2)
     for fold in root.glob("fold_frontal_*"):
         fold.rename(root / fold.name.replace("fold_frontal_", "fold_"))  # only the full folds
     prepared = data.prepare(_cfg(dataset="adience", root=str(root), split={"source": "folds", "test_fold": 0}), tmp_path, progress=False)
