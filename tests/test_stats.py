@@ -194,3 +194,16 @@ def test_too_few_persons_give_no_interval_rather_than_a_false_one():
     """Two persons cannot carry a bootstrap: the interval and the test are left out (NaN)."""
     ci = stats.bootstrap(None, np.r_[np.ones(6), np.zeros(6)], unit=stats.unit(["a"] * 6 + ["b"] * 6), n_boot=100)
     assert ci.point == 0.5 and math.isnan(ci.lo) and math.isnan(ci.hi) and math.isnan(ci.p_value) and ci.n_used == 0
+
+
+def test_age_gender_subgroups_with_too_few_persons_format_without_crashing():
+    """Every group too small and only 3 persons: no interval anywhere, and the table and
+    the one-line summary still render (a crash here once failed a whole study run)."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"y_true": rng.integers(0, 2, 12), "prob": rng.random(12), "age_true": rng.uniform(1, 80, 12),
+                          "age_pred": rng.uniform(1, 80, 12), "race": rng.choice(["a", "b", "c"], 12), "subject": np.repeat([1, 2, 3], 4)})
+    frame["y_pred"] = (frame["prob"] >= 0.5).astype(int)
+    table = compare.subgroups(frame, ["race"], "age_gender", n_boot=50)
+    shown = compare.format_subgroups(table)
+    assert {"accuracy (95 % CI)", "f1_macro", "auc", "MAE (95 % CI)"} <= set(shown.columns)
+    assert compare.subgroup_summary(table).startswith("No subgroup gap: race accuracy: fewer than two groups with n >= 20")

@@ -786,9 +786,12 @@ def subgroups(pred: pd.DataFrame, columns: Sequence[str], task: str, *, min_grou
             mask = (labels == group).to_numpy()
             rows.append(_group_row(pred[mask], column, group, cols, _subset(the_unit, mask), min_group, kw))
         gaps += _gaps(pred, labels, column, cols, the_unit, min_group, rows, kw)
-    table = pd.DataFrame(rows, columns=["attribute", "group", "n", "persons", "status", "accuracy", "acc_lo", "acc_hi",
-                                        "f1_macro", "auc", "one_class", "mae", "mae_lo", "mae_hi"])
-    table = table.dropna(axis=1, how="all")
+    columns_out = ["attribute", "group", "n", "persons", "status"]
+    if cols["kind"] is not None:
+        columns_out += ["accuracy", "acc_lo", "acc_hi", "f1_macro"] + (["auc"] if cols["prob"] is not None else []) + ["one_class"]
+    if cols["age_true"] is not None:
+        columns_out += ["mae", "mae_lo", "mae_hi"]
+    table = pd.DataFrame(rows, columns=columns_out)
     # gaps as records: pandas compares attrs when it combines frames, and a DataFrame there cannot be compared
     gap_rows = pd.DataFrame(gaps, columns=GAP_COLUMNS).to_dict("records")
     table.attrs.update(gaps=gap_rows, unit=the_unit.text, min_group=min_group, conf=conf)
@@ -915,9 +918,8 @@ def format_subgroups(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     if "accuracy" in table:
         out[f"accuracy ({pct} % CI)"] = [_fmt_ci(r.accuracy, r.acc_lo, r.acc_hi, digits) for r in table.itertuples()]
         for metric in ("f1_macro", "auc"):
-            if metric in table or "one_class" in table:
-                values = table[metric] if metric in table else pd.Series(np.nan, index=table.index)
-                out[metric] = [ONE_CLASS if one else _fmt_ci(v, None, None, digits) for v, one in zip(values, table["one_class"], strict=True)]
+            if metric in table:
+                out[metric] = [ONE_CLASS if one else _fmt_ci(v, None, None, digits) for v, one in zip(table[metric], table["one_class"], strict=True)]
     if "mae" in table:
         out[f"MAE ({pct} % CI)"] = [_fmt_ci(r.mae, r.mae_lo, r.mae_hi, 2) for r in table.itertuples()]
     out.attrs.update(table.attrs)
