@@ -28,7 +28,7 @@ from the ones the pretrained weights (and a head trained first in ``two_phase``)
 to. ``train`` lets them train with their block (batch statistics in ``fit``). A backbone
 trained from scratch (``model.weights: none``) has no statistics to keep: its BatchNorm
 trains either way (frozen at mean 0 / variance 1 it would normalise nothing: on the demo's
-age source run, test MAE 13.2 years instead of 9.8). The head's own BatchNormalization
+age source run, test MAE 13.2 years instead of 9.9). The head's own BatchNormalization
 (``model.head.batch_norm``) always trains.
 """
 
