@@ -36,13 +36,15 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $@
 	@echo "facetransfer: .venv is ready (kernel 'facetransfer' registered inside it)"
 
+# The package is installed WITH build isolation here: without TensorFlow nothing brings
+# 'wheel', which the venv's own setuptools needs for an editable install.
 $(STAMP_JAX): requirements.txt requirements-jax.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "facetransfer needs Python 3.11+ (found " + sys.version.split()[0] + "); set PYTHON=python3.11")'
 	test -x $(PY_JAX) || $(PYTHON) -m venv $(VENV_JAX)
 	$(PY_JAX) -m pip install --quiet --upgrade pip
 	grep -v '^tensorflow' requirements.txt > $(VENV_JAX)/requirements-without-tensorflow.txt
 	$(PY_JAX) -m pip install --quiet -r $(VENV_JAX)/requirements-without-tensorflow.txt -r requirements-jax.txt
-	$(PY_JAX) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY_JAX) -m pip install --quiet --no-deps -e .
 	$(PY_JAX) -m ipykernel install --sys-prefix --name facetransfer-jax --display-name "Python (facetransfer, JAX)" --env KERAS_BACKEND jax >/dev/null
 	rm -f $(VENV_JAX)/.facetransfer-env-*
 	touch $@

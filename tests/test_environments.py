@@ -28,7 +28,7 @@ def test_make_venv_jax_builds_without_tensorflow_and_registers_its_own_kernel():
     assert "test -x .venv-jax/bin/python || python3 -m venv .venv-jax" in lines
     assert "grep -v '^tensorflow' requirements.txt > .venv-jax/requirements-without-tensorflow.txt" in lines
     assert ".venv-jax/bin/python -m pip install --quiet -r .venv-jax/requirements-without-tensorflow.txt -r requirements-jax.txt" in lines
-    assert ".venv-jax/bin/python -m pip install --quiet --no-deps --no-build-isolation -e ." in lines
+    assert ".venv-jax/bin/python -m pip install --quiet --no-deps -e ." in lines
     install = next(line for line in lines if "ipykernel install" in line)
     assert "--sys-prefix --name facetransfer-jax" in install and "--env KERAS_BACKEND jax" in install
     assert not any(".venv/" in line for line in lines)  # never touches the TensorFlow venv
