@@ -45,7 +45,7 @@ def test_data_efficiency_lines_sizes_and_paired_tests(curve_study):
     assert list(table.columns) == compare.EFFICIENCY_COLUMNS and len(table) == 6
     assert table.groupby("line")["n_train"].apply(list).to_dict() == {"frozen": [140, 300, 1600], "scratch": [140, 300, 1600]}
     scratch = table[table["line"] == "scratch"]
-    assert scratch["p_value"].isna().all() and scratch["verdict"].isna().all()
+    assert scratch["p_value"].isna().all() and (scratch["verdict"] == "").all()
     frozen = table[table["line"] == "frozen"].set_index("n_train")
     preds = {r["run_id"]: compare.read_predictions(r) for _, r in compare.load_runs(curve_study).iterrows()}
 
@@ -53,12 +53,15 @@ def test_data_efficiency_lines_sizes_and_paired_tests(curve_study):
         p = preds[rid]
         return (p["y_true"] == p["y_pred"]).to_numpy()
 
-    expected = [stats.mcnemar(hits(frozen.loc[n, "run_id"]), hits(scratch.set_index("n_train").loc[n, "run_id"]))["p_value"] for n in (140, 300, 1600)]
+    image = stats.unit(None, N_TEST)  # no subject column: images are the unit
+    expected = [stats.bootstrap(None, hits(frozen.loc[n, "run_id"]) - hits(scratch.set_index("n_train").loc[n, "run_id"]).astype(float), unit=image).p_value
+                for n in (140, 300, 1600)]
     assert np.allclose(frozen["p_value"], expected)
     assert np.allclose(frozen["p_holm"], stats.holm(expected))
-    assert "frozen is significantly more accurate" in frozen.loc[140, "verdict"]
-    assert "scratch is significantly more accurate" in frozen.loc[1600, "verdict"]
-    assert frozen.loc[300, "verdict"].startswith("no significant difference")
+    assert frozen.loc[140, "verdict"] == "frozen better than scratch (alpha 0.05)"
+    assert frozen.loc[1600, "verdict"] == "frozen worse than scratch (alpha 0.05)"
+    assert frozen.loc[300, "verdict"].startswith("not significantly different from scratch")
+    assert (frozen["unit"] == "per image: no identities").all() and (frozen["test"] == "paired bootstrap, per image: no identities").all()
     k = int(hits(frozen.loc[140, "run_id"]).sum())
     assert (frozen.loc[140, "acc_lo"], frozen.loc[140, "acc_hi"]) == pytest.approx(stats.wilson_ci(k, N_TEST))
     shown = compare.format_data_efficiency(table)
@@ -85,13 +88,16 @@ def test_index_opens_with_the_answer_above_the_tables(curve_study):
     answer = text[head:text.index("<h2>Summary</h2>")]
     assert answer.count('<img class="headline"') == 2  # accuracy per run + the data-efficiency curve
     assert "Best run (gender, test accuracy, 95% interval): <b>scratch train_size=None</b>" in answer
-    assert "frozen at 140 images: frozen is significantly more accurate" in answer
+    assert "frozen at 140 images: frozen better than scratch (alpha 0.05)" in answer
     assert "nan" not in answer.replace("base64", "").lower().split("data:image")[0]
     table = compare.best_and_equivalent(curve_study)
-    pairs = compare.pairwise_mcnemar(curve_study)
-    best = table["best"]["run_id"]
-    worse = pairs[((pairs["run_a"] == best) | (pairs["run_b"] == best)) & (pairs["p_holm"] < 0.05)]
-    assert set(table["equivalent"]["run_id"]) == set(table["table"]["run_id"]) - {best} - set(worse["run_a"]) - set(worse["run_b"])
+    pairs = compare.paired_comparisons(compare.load_runs(curve_study))
+    pairs = pairs[pairs["metric"] == "accuracy"]
+    best = table["best"]["Run"]
+    worse = pairs[((pairs["a"] == best) | (pairs["b"] == best)) & (pairs["p_holm"] < 0.05)]
+    label_to_id = dict(zip(table["table"]["Run"], table["table"]["run_id"], strict=True))
+    expected = set(table["table"]["Run"]) - {best} - set(worse["a"]) - set(worse["b"])
+    assert set(table["equivalent"]["run_id"]) == {label_to_id[label] for label in expected}
 
 
 @functools.cache

@@ -951,17 +951,8 @@ def subgroup_summary(table: pd.DataFrame) -> str:
 
 
 # ---------------------------------------------------------------- data efficiency (issue 15)
-# Kept apart from the statistics above: the paired test is called through
-# `_paired_test` only, so switching it (McNemar today) is a one-line change.
-EFFICIENCY_COLUMNS = ["line", "train_size", "n_train", "run_id", "Run", "n", "accuracy", "acc_lo", "acc_hi",
-                      "vs", "difference", "p_value", "p_holm", "test", "verdict"]
-
-
-def _paired_test(correct: np.ndarray, correct_baseline: np.ndarray) -> dict:
-    """The paired test of two runs on the same test images (McNemar's; the statistics
-    work's paired test replaces it here)."""
-    result = stats.mcnemar(correct, correct_baseline)
-    return {"p_value": result["p_value"], "test": f"McNemar ({result['method']})"}
+EFFICIENCY_COLUMNS = ["line", "train_size", "n_train", "run_id", "Run", "n", "unit", "accuracy", "acc_lo", "acc_hi",
+                      "vs", "difference", "diff_lo", "diff_hi", "p_value", "p_holm", "test", "verdict"]
 
 
 def _n_train(run) -> int | None:
@@ -984,8 +975,9 @@ def _curve_runs(study_dir, runs: pd.DataFrame) -> pd.DataFrame:
     return curve[curve["n_train"].notna()]
 
 
-def _correct(run) -> pd.Series | None:
-    """Per test image (indexed by path, sorted): was the run's class prediction right?"""
+def _correct(run) -> pd.DataFrame | None:
+    """Per test image (indexed by path, sorted): was the run's class prediction right
+    (``correct``), and whose image is it (``subject``, where the dataset has identities)?"""
     pred = read_predictions(run)
     if pred is None or "path" not in pred.columns:
         return None
@@ -993,77 +985,99 @@ def _correct(run) -> pd.Series | None:
     if cols["kind"] is None:
         return None
     part = pred.set_index("path").sort_index()
-    return (part[cols["y_true"]] == part[cols["y_pred"]]).rename(run["run_id"])
+    out = pd.DataFrame({"correct": (part[cols["y_true"]] == part[cols["y_pred"]]).to_numpy()}, index=part.index)
+    if "subject" in part.columns:
+        out["subject"] = part["subject"].to_numpy()
+    return out
 
 
 def data_efficiency(study_dir, runs: pd.DataFrame | None = None, *, baseline: str = "scratch", alpha: float = 0.05,
-                    conf: float = 0.95) -> pd.DataFrame:
+                    conf: float = 0.95, n_boot: int = 1000) -> pd.DataFrame:
     """Test accuracy against the number of training images, one line per run group that
     varies ``data.train_size`` (the group's name is the line), and at each size each line
     against the ``baseline`` line: a paired test on the same test images, Holm-corrected over
     the curve's comparisons.
 
     Columns: line, train_size (the param; None = all), n_train (images used), run_id, Run,
-    n (test images), accuracy, acc_lo, acc_hi (Wilson), vs (the baseline's run at that size,
-    empty on the baseline's own rows), difference (accuracy minus the baseline's), p_value,
-    p_holm, test, verdict. Empty when no group varies ``data.train_size``.
-    ``attrs``: baseline, alpha, excluded ``[{"run_id", "reason"}]``.
+    n (test images), unit, accuracy, acc_lo, acc_hi (:func:`facetransfer.stats.proportion`:
+    cluster bootstrap per person, Wilson per image), vs (the baseline's run at that size,
+    empty on the baseline's own rows), difference, diff_lo, diff_hi (accuracy minus the
+    baseline's, paired bootstrap over the same unit), p_value, p_holm, test, verdict. Empty
+    when no group varies ``data.train_size``. ``attrs``: baseline, alpha, conf, excluded
+    ``[{"run_id", "reason"}]``.
     """
     runs = load_runs(study_dir) if runs is None else runs
     curve = _curve_runs(study_dir, runs)
-    rows, excluded, correct = [], [], {}
+    rows, excluded, hits_of, units = [], [], {}, {}
     for _, run in curve.sort_values(["line", "n_train"], kind="stable").iterrows():
         hits = _correct(run)
         if hits is None:
             excluded.append({"run_id": run["run_id"], "reason": "no class predictions in predictions.csv"})
             continue
-        correct[run["run_id"]] = hits
-        lo, hi = stats.wilson_ci(int(hits.sum()), len(hits), conf)
+        unit = test_unit(hits, _eval_setting(run, "unit", "auto"))
+        hits_of[run["run_id"]], units[run["run_id"]] = hits, unit
+        ci = stats.proportion(hits["correct"].to_numpy(), unit, n_boot=n_boot, conf=conf)
         size = run["data.train_size"]
         rows.append({"line": run["line"], "train_size": None if _key(size) == "null" else int(size), "n_train": int(run["n_train"]),
-                     "run_id": run["run_id"], "Run": run["label"], "n": len(hits), "accuracy": float(hits.mean()), "acc_lo": lo, "acc_hi": hi})
+                     "run_id": run["run_id"], "Run": run["label"], "n": len(hits), "unit": unit.text, "accuracy": ci.point,
+                     "acc_lo": ci.lo, "acc_hi": ci.hi})
     table = pd.DataFrame(rows, columns=EFFICIENCY_COLUMNS).astype({"train_size": "Int64", "vs": object, "test": object, "verdict": object})
     base = {r.n_train: r for r in table.itertuples() if r.line == baseline}
     for i, row in table.iterrows():
         ref = base.get(row["n_train"])
         if row["line"] == baseline or ref is None:
             continue
-        a, b = correct[row["run_id"]], correct[ref.run_id]
+        a, b = hits_of[row["run_id"]], hits_of[ref.run_id]
         if not a.index.equals(b.index):
             excluded.append({"run_id": row["run_id"], "reason": f"test images differ from {ref.Run}'s"})
             continue
-        test = _paired_test(a.to_numpy(), b.to_numpy())
-        table.loc[i, ["vs", "difference", "p_value", "test"]] = [ref.Run, row["accuracy"] - ref.accuracy, test["p_value"], test["test"]]
+        unit = units[row["run_id"]]
+        # the paired test of the statistics module: a (cluster) bootstrap of the per-image differences
+        ci = stats.bootstrap(None, a["correct"].to_numpy(float) - b["correct"].to_numpy(float), unit=unit, n_boot=n_boot, conf=conf)
+        table.loc[i, ["vs", "difference", "diff_lo", "diff_hi", "p_value", "test"]] = [
+            ref.Run, ci.point, ci.lo, ci.hi, ci.p_value, f"paired bootstrap, {unit.text}"]
     tested = table["p_value"].notna()
     if tested.any():
         table.loc[tested, "p_holm"] = stats.holm(table.loc[tested, "p_value"].to_numpy(dtype=float))
-        table.loc[tested, "verdict"] = [stats.verdict(r.p_holm, r.accuracy, r.accuracy - r.difference, str(r.line), baseline, alpha)
-                                        for r in table[tested].itertuples()]
-    table.attrs.update({"baseline": baseline, "alpha": alpha, "excluded": excluded})
+    table["verdict"] = [_efficiency_verdict(r, baseline, alpha) for r in table.itertuples()]
+    table.attrs.update({"baseline": baseline, "alpha": alpha, "excluded": excluded, "conf": conf})
     return table
+
+
+def _efficiency_verdict(row, baseline: str, alpha: float) -> str:
+    if row.line == baseline:
+        return ""
+    if not _present(row.p_holm):
+        return f"no test (fewer than {stats.MIN_UNITS} to resample, or no {baseline} run of this size)"
+    if row.p_holm >= alpha:
+        return f"not significantly different from {baseline} (alpha {alpha:g})"
+    return f"{row.line} {'better' if row.difference > 0 else 'worse'} than {baseline} (alpha {alpha:g})"
 
 
 def format_data_efficiency(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """The table as the notebook and the report show it: one row per line and size."""
-    out = pd.DataFrame({
+    pct = round(100 * table.attrs.get("conf", 0.95))
+    baseline = table.attrs.get("baseline", "baseline")
+    return pd.DataFrame({
         "Strategy": table["line"],
         "Training images": [f"{n:,}" + ("" if size is not None and not pd.isna(size) else " (all)") for n, size in zip(table["n_train"], table["train_size"], strict=True)],
-        "Test accuracy (95% CI)": [_fmt_ci(a, lo, hi, digits) for a, lo, hi in zip(table["accuracy"], table["acc_lo"], table["acc_hi"], strict=True)],
-        f"vs {table.attrs.get('baseline', 'baseline')}": [("" if pd.isna(d) else f"{d:+.{digits}f}") for d in table["difference"]],
-        "p (Holm)": [("" if pd.isna(p) else f"{p:.3g}") for p in table["p_holm"]],
-        "Verdict": [("baseline" if pd.isna(v) and line == table.attrs.get("baseline") else ("" if pd.isna(v) else v)) for v, line in zip(table["verdict"], table["line"], strict=True)],
+        f"Test accuracy ({pct} % CI)": [_fmt_ci(a, lo, hi, digits) for a, lo, hi in zip(table["accuracy"], table["acc_lo"], table["acc_hi"], strict=True)],
+        f"vs {baseline} ({pct} % CI)": [DASH if not _present(d) else _fmt_ci(d, lo, hi, digits) for d, lo, hi in zip(table["difference"], table["diff_lo"], table["diff_hi"], strict=True)],
+        "p (Holm)": [DASH if not _present(p) else f"{p:.3g}" for p in table["p_holm"]],
+        "Verdict": [v or "baseline" for v in table["verdict"]],
+        "Unit": table["unit"],
     })
-    return out
 
 
 def best_and_equivalent(study_dir, runs: pd.DataFrame | None = None, *, alpha: float = 0.05) -> dict:
     """The study's answer at a glance (the report's index page opens with it).
 
     ``task``: the classification task most ok runs share; ``table``: its ok runs'
-    ``comparison_table`` rows (accuracy with its Wilson interval, no bootstrap), best first;
+    ``comparison_table`` rows (accuracy with its interval, per person where it can), best first;
     ``best``: the most accurate run that is not degenerate (None when there is none);
     ``equivalent``: the other runs whose accuracy is not significantly lower than the best's
-    (:func:`pairwise_mcnemar`, Holm-corrected; label, accuracy, p_holm); ``untested``: runs
+    (:func:`paired_comparisons`' accuracy rows: person-level where the test split has persons,
+    Holm-corrected; label, accuracy, p_holm); ``untested``: runs
     that could not be paired with the best (another test set), which are in neither list.
     """
     runs = load_runs(study_dir) if runs is None else runs
@@ -1075,14 +1089,16 @@ def best_and_equivalent(study_dir, runs: pd.DataFrame | None = None, *, alpha: f
     if ok.empty:
         return empty
     task = ok["task"].value_counts().index[0]
-    table = comparison_table(ok[ok["task"] == task], n_boot=0).sort_values("accuracy", ascending=False, kind="stable").reset_index(drop=True)
+    table = comparison_table(ok[ok["task"] == task]).sort_values("accuracy", ascending=False, kind="stable").reset_index(drop=True)
     usable = table[~table["degenerate"] & table["accuracy"].notna()]
     if usable.empty:
         return {**empty, "task": task, "table": table}
     best = usable.iloc[0]
-    pairs = pairwise_mcnemar(study_dir, ok[ok["task"] == task], alpha=alpha)
-    with_best = pairs[(pairs["run_a"] == best["run_id"]) | (pairs["run_b"] == best["run_id"])]
-    p_of = {(r.run_b if r.run_a == best["run_id"] else r.run_a): r.p_holm for r in with_best.itertuples()}
+    pairs = paired_comparisons(ok[ok["task"] == task], alpha=alpha)
+    pairs = pairs[pairs["metric"] == "accuracy"]
+    run_of = dict(zip(ok["label"], ok["run_id"], strict=False))
+    with_best = pairs[(pairs["a"] == best["Run"]) | (pairs["b"] == best["Run"])]
+    p_of = {run_of.get(r.b if r.a == best["Run"] else r.a): r.p_holm for r in with_best.itertuples() if _present(r.p_holm)}
     others = table[table["run_id"] != best["run_id"]]
     equivalent = others[[p_of.get(rid, 0.0) >= alpha for rid in others["run_id"]]].assign(p_holm=lambda f: f["run_id"].map(p_of))
     untested = [str(r.Run) for r in others.itertuples() if r.run_id not in p_of]

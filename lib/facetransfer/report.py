@@ -691,14 +691,14 @@ def answer_section(study_dir: Path, *, synthetic: bool) -> list[str]:
         return ["<h2>The answer at a glance</h2>", '<p class="muted">No finished classification run with test results (predictions.csv or a confusion matrix) to compare yet.</p>']
     task, best, equivalent = answer["task"], answer["best"], answer["equivalent"]
     alpha = 0.05
-    figures = [_figure_img(plots.metric_bars(answer["table"], metrics=["accuracy"], title=f"Test accuracy per run ({task}), 95% Wilson intervals", synthetic=synthetic), "test accuracy per run")]
+    figures = [_figure_img(plots.metric_bars(answer["table"], metrics=["accuracy"], title=f"Test accuracy per run ({task}), 95% intervals", synthetic=synthetic), "test accuracy per run")]
     efficiency = compare.data_efficiency(study_dir)
     if len(efficiency):
         figures.insert(0, _figure_img(plots.data_efficiency(efficiency, synthetic=synthetic), "test accuracy against training images"))
     names = ", ".join(f"<b>{e(str(r['Run']))}</b> {_acc(r)}" for _, r in equivalent.iterrows()) or "none"
     lines = [
-        f"<li>Best run ({e(task)}, test accuracy, 95% interval): <b>{e(str(best['Run']))}</b> {_acc(best)} on {best['n_test']:.0f} test images.</li>",
-        f"<li>Not significantly less accurate than it (McNemar, Holm-corrected over all pairs, alpha {alpha:g}): {names}.</li>",
+        f"<li>Best run ({e(task)}, test accuracy, 95% interval): <b>{e(str(best['Run']))}</b> {_acc(best)} on {best['n_test']:.0f} test images ({e(str(best['unit']))}).</li>",
+        f"<li>Not significantly less accurate than it (paired bootstrap of the accuracy difference, Holm-corrected over all pairs, alpha {alpha:g}): {names}.</li>",
     ]
     if answer["untested"]:
         lines.append(f"<li>Not comparable with it (another test set): {e(', '.join(answer['untested']))}.</li>")
