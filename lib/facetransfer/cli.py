@@ -90,6 +90,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides=args.set or [],
         results=args.results,
         report=not args.no_report,
+        workers=args.workers,
+        scheduler=args.scheduler,
     )
 
 
@@ -140,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="DOTTED.KEY=VALUE", help="override a param (value parsed as YAML); repeatable")
     p.add_argument("--results", type=Path, default=None, help="results folder (default: results/)")
     p.add_argument("--no-report", action="store_true", help="do not render the HTML report at the end")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_positive_int, default=None, metavar="N", help="run on a local Dask cluster of N worker processes")
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS", help="run on the Dask cluster of this scheduler (tcp://host:8786)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("report", help="(re)render the HTML report of a study")
