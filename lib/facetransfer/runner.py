@@ -29,6 +29,11 @@ a failed run fails without executing). The exit status is 0 only when everything
 
 Console: one line per execution, papermill's cell progress bar, and the kernel's own output
 (Keras progress bars, prints) in ``run.log`` (``<stage>.log`` for stages) beside the notebook.
+
+Planning and executing. The study's graph is built once (:class:`facetransfer.plan.StudyPlan`);
+an executor (:mod:`facetransfer.executors`: serial, or Dask with ``workers``/``scheduler``)
+walks it, calling :func:`execute_node` for every node; :class:`StudyRun` keeps the
+bookkeeping (study.json, outcomes, the search's choices, the summary) in this process.
 """
 
 from __future__ import annotations
@@ -229,6 +234,8 @@ class Outcome:
     seconds: float = 0.0
     metrics: dict | None = None
     error: str | None = None
+    started: float | None = None  # wall clock (time.time()) while the node executed
+    ended: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -268,9 +275,10 @@ def execute_node(node: Node, context: Context, done: Mapping[str, Outcome], say=
     ``done`` holds the outcomes of the nodes it needs; ``say`` prints a console line. This is
     the whole of what a serial run or a Dask worker does for one node.
     """
-    if node.run is not None:
-        return _execute_run(node, context, done, say)
-    return _execute_stage(node, context, done, say)
+    started = time.time()
+    outcome = (_execute_run if node.run is not None else _execute_stage)(node, context, done, say)
+    outcome.started, outcome.ended = started, time.time()
+    return outcome
 
 
 def _execute_stage(node: Node, context: Context, done: Mapping[str, Outcome], say) -> Outcome:
@@ -487,11 +495,16 @@ def run_study(
     kernel_name: str = KERNEL,
     workers: int | None = None,
     scheduler: str | None = None,
+    outcomes: list | None = None,
 ) -> int:
     """Execute (or, with ``dry_run``, print) the study file ``study``; the exit status.
 
     0 when every execution ended ok, 1 otherwise. User errors (a bad study file, a busy
-    study, a missing notebook or kernel) raise :class:`FacetransferError` before any run.
+    study, a missing notebook or kernel, bad ``workers``/``scheduler``) raise
+    :class:`FacetransferError` before any run. ``workers`` (a LocalCluster of that many
+    processes) or ``scheduler`` (a running Dask cluster's address) execute it on Dask
+    (:mod:`facetransfer.executors`); ``outcomes``, a list, receives every :class:`Outcome`
+    in the summary's order (the bench reads their times).
     """
     results_root = Path(results if results is not None else "results").resolve()
     st = load_study(study, list(overrides or []), check_paths=not dry_run)
@@ -508,6 +521,8 @@ def run_study(
         study_run.write_study_json()
         executor.execute(study_run)
         print(study_run.summary(), flush=True)
+        if outcomes is not None:
+            outcomes.extend(study_run.ordered())
         if report:
             from facetransfer import report as R
 

@@ -28,19 +28,23 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from pathlib import Path
 from urllib.parse import urlparse
 
 import dask
 from distributed import Client, LocalCluster, as_completed, get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from facetransfer.errors import FacetransferError
+from facetransfer.errors import FacetransferError, StudyBusyError
 from facetransfer.executors import say
+from facetransfer.io import StudyLock
 from facetransfer.runner import Outcome, _one_line, execute_node, fail_run
 
 CONNECT_TIMEOUT_S = 10
 TASK_RETRIES = 1
 TOPIC = "facetransfer"
+NODE_LOCK = ".node.lock"
+NODE_LOCK_WAIT_S = 3600  # how long a task waits for another task of the same node (a killed client's)
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 
 
@@ -71,12 +75,34 @@ class ThreadLimits(WorkerPlugin):
 
 def run_node_task(node, context, *needed):
     """One node on a worker: ``needed`` are the (key, outcome, lines) results of its needs.
-    Returns (key, outcome, console lines)."""
+    Returns (key, outcome, console lines).
+
+    It holds ``<out_dir>/.node.lock`` while it executes: a task of a killed client that
+    still runs on some worker finishes before another task executes the same node (which
+    then finds it complete), instead of two kernels writing one folder.
+    """
     worker = get_worker()
-    worker.log_event(TOPIC, {"node": node.label, "worker": worker.address})
     lines: list[str] = []
-    outcome = execute_node(node, context, {key: outcome for key, outcome, _ in needed}, lines.append)
+    lock = _node_lock(node.execution.out_dir)
+    try:
+        worker.log_event(TOPIC, {"node": node.label, "worker": worker.address})
+        outcome = execute_node(node, context, {key: outcome for key, outcome, _ in needed}, lines.append)
+    finally:
+        lock.release()
     return node.key, outcome, lines
+
+
+def _node_lock(out_dir: Path) -> StudyLock:
+    """``out_dir``'s node lock, acquired (waiting up to NODE_LOCK_WAIT_S for its holder)."""
+    lock = StudyLock(out_dir / NODE_LOCK)
+    deadline = time.monotonic() + NODE_LOCK_WAIT_S
+    while True:
+        try:
+            return lock.acquire()
+        except StudyBusyError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
 
 
 class DaskExecutor:
