@@ -229,10 +229,11 @@ def graph_study() -> dict:
 
 def test_local_cluster_runs_the_graph_like_serial(tmp_path, notebooks, capsys):
     body = graph_study()
-    results = {}
+    results, outcomes = {}, []
     for how, workers in (("serial", None), ("dask", 2)):
         study = write_study(tmp_path / how, body)
-        code = runner.run_study(study, results=tmp_path / how / "results", notebooks=notebooks, report=False, workers=workers)
+        kept = outcomes if workers else None
+        code = runner.run_study(study, results=tmp_path / how / "results", notebooks=notebooks, report=False, workers=workers, outcomes=kept)
         results[how] = (code, capsys.readouterr().out)
     (serial_code, serial_out), (dask_code, dask_out) = results["serial"], results["dask"]
     assert serial_code == dask_code == 1  # the "bad" run fails, the others go on
@@ -243,13 +244,14 @@ def test_local_cluster_runs_the_graph_like_serial(tmp_path, notebooks, capsys):
     assert sorted(p.name for p in (study_dir / "runs").iterdir()) == sorted(p.name for p in (serial_dir / "runs").iterdir())
     for stage in ("explore", "search", "compare"):
         assert read_json(study_dir / stage / ".done.json")["stage"] == stage
-    spans = {d.name: json.loads((d / "span.1").read_text()) for d in (study_dir / "runs").iterdir() if (d / "span.1").exists()}
-    source = next(d.name for d in (study_dir / "runs").iterdir() if read_json(d / "metrics.json")["name"] == "source")
-    for run_id, (start, _) in spans.items():  # nothing from source's weights starts before source ends
-        if run_id != source and read_json(study_dir / "runs" / run_id / "metrics.json")["params"]["model"]["weights"] == f"run:{source}":
-            assert start >= spans[source][1]
-    ordered = sorted(spans.values())
-    assert any(b[0] < a[1] for a, b in zip(ordered, ordered[1:], strict=False)), f"no two runs overlapped: {ordered}"
+    spans = {o.run_id if o.stage == "finetune" else o.stage: (o.started, o.ended) for o in outcomes}
+    source = next(o.run_id for o in outcomes if o.name == "source")
+    for o in outcomes:  # what starts from source's weights starts after source ended; compare after all
+        if o.stage == "search" or (o.metrics or {}).get("params", {}).get("model", {}).get("weights") == f"run:{source}":
+            assert o.started >= spans[source][1], o.name
+    assert spans["compare"][0] >= max(end for key, (_, end) in spans.items() if key != "compare")
+    ordered = sorted(span for key, span in spans.items() if key != "compare")
+    assert any(b[0] < a[1] for a, b in zip(ordered, ordered[1:], strict=False)), f"no two nodes overlapped: {ordered}"
     assert not list(study_dir.rglob(".node.lock")) and not list(study_dir.rglob("*.tmp.ipynb"))
 
 

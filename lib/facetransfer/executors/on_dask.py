@@ -149,16 +149,16 @@ class DaskExecutor:
         n_workers = len(self.client.scheduler_info(n_workers=-1)["workers"])
         say(f"dask: {n_workers} worker(s) at {self.client.scheduler.address}, dashboard {self.client.dashboard_link}")
         self.client.subscribe_topic(TOPIC, lambda event: say(f"started {event[1]['node']} on {event[1]['worker']}"))
-        futures: dict = {}
-        nodes: dict = {}
+        futures: dict = {}  # node key -> its task's future
+        nodes: dict = {}  # task key -> (node, the node keys whose futures it was given)
         pending = as_completed()
 
         def submit(node) -> None:
-            needed = [futures[key] for key in node.needs if key in futures]
+            needs = [key for key in node.needs if key in futures]
             future = self.client.submit(
-                run_node_task, node, context, *needed, key=f"{node.key}-{self.token}", pure=False, retries=TASK_RETRIES
+                run_node_task, node, context, *[futures[key] for key in needs], key=f"{node.key}-{self.token}", pure=False, retries=TASK_RETRIES
             )
-            futures[node.key], nodes[future.key] = future, node
+            futures[node.key], nodes[future.key] = future, (node, needs)
             pending.add(future)
 
         for key in plan.order():
@@ -166,13 +166,13 @@ class DaskExecutor:
                 submit(plan.nodes[key])
         start = time.perf_counter()
         for future in pending:
-            node = nodes[future.key]
+            node, needs = nodes[future.key]
             if future.status == "finished":
                 _, outcome, lines = future.result()
                 for line in lines:
                     say(line)
             else:
-                outcome = self._lost(node, future, futures, study_run)
+                outcome = self._lost(node, future, [key for key in needs if futures[key].status == "error"], study_run)
             for new in study_run.finished(node, outcome):
                 submit(new)
             n_done = sum(1 for f in futures.values() if f.done())
@@ -181,20 +181,19 @@ class DaskExecutor:
         if "compare" in plan.study.stages:
             node = plan.compare_node()
             future = self.client.submit(run_node_task, node, context, key=f"compare-{self.token}", pure=False, retries=TASK_RETRIES)
-            nodes[future.key] = node
             if future.exception() is None:
                 _, outcome, lines = future.result()
                 for line in lines:
                     say(line)
             else:
-                outcome = self._lost(node, future, futures, study_run)
+                outcome = self._lost(node, future, [], study_run)
             study_run.finished(node, outcome)
         self.client.unsubscribe_topic(TOPIC)
 
-    def _lost(self, node, future, futures: dict, study_run) -> Outcome:
-        """The outcome of a task that raised: a node it needs was lost, or its own worker
-        died on every try (``KilledWorker``), or the task itself failed after its retries."""
-        lost_needs = [key for key in node.needs if key in futures and futures[key].status == "error"]
+    def _lost(self, node, future, lost_needs: list[str], study_run) -> Outcome:
+        """The outcome of a task that raised: a task it was given (``lost_needs``) was lost,
+        or its own worker died on every try (``KilledWorker``), or the task itself failed
+        after its retries. Nothing executes here: a node with a lost need fails at once."""
         if lost_needs:
             done = dict(study_run.outcomes)
             for key in lost_needs:
