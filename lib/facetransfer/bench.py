@@ -667,6 +667,7 @@ def study_workers(study: Path, worker_counts: list[int], *, overrides=(), workdi
     own = workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="facetransfer-bench-study-")) if own else Path(workdir).expanduser().absolute()
     rows = []
+    info = machine()
     try:
         for workers in [None, *worker_counts]:
             label = "serial" if workers is None else f"{workers} worker(s)"
@@ -694,7 +695,6 @@ def study_workers(study: Path, worker_counts: list[int], *, overrides=(), workdi
         row["speedup"] = serial["seconds"] / row["seconds"]
         both = serial["finetune_seconds"] and row["finetune_seconds"]
         row["finetune_speedup"] = serial["finetune_seconds"] / row["finetune_seconds"] if both else None
-    info = machine()
     info["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     return {"study": str(study), "overrides": list(overrides), "machine": info, "rows": rows, "target": STUDY_WORKERS_TARGET}
 
