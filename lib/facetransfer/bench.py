@@ -636,3 +636,103 @@ def run_bench(quick: bool = False, as_json: bool = False, cases: list[str] | Non
         result = run(sizes, cases=cases, workdir=workdir, progress=True)
     print(json.dumps(result, default=str) if as_json else format_text(result), flush=True)
     return 0
+
+
+# ---------------------------------------------------------------- a study, serially and on Dask workers
+
+
+def parse_workers(text: str) -> list[int]:
+    """``"1,2"`` → ``[1, 2]`` (``--workers`` of ``facetransfer bench --study``)."""
+    try:
+        counts = [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise FacetransferError(f"--workers {text!r}: expected worker counts such as 1,2") from None
+    if not counts or any(n < 1 for n in counts):
+        raise FacetransferError(f"--workers {text!r}: every worker count must be >= 1")
+    return counts
+
+
+def _span(outcomes, stage: str) -> float | None:
+    """Wall seconds from the first to the last execution of ``stage`` (skipped ones not counted)."""
+    times = [(o.started, o.ended) for o in outcomes if o.stage == stage and o.status != "skipped" and o.started is not None]
+    return max(end for _, end in times) - min(start for start, _ in times) if times else None
+
+
+def study_workers(study: Path, worker_counts: list[int], *, overrides=(), workdir=None, say=None) -> dict:
+    """The study run serially, then on a LocalCluster of each worker count, each from an empty
+    results folder (cold caches: the synthetic data, image and feature caches are rebuilt)."""
+    from facetransfer import runner
+
+    say = say or (lambda line: print(f"[bench] {line}", file=sys.stderr, flush=True))
+    own = workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="facetransfer-bench-study-")) if own else Path(workdir).expanduser().absolute()
+    rows = []
+    info = machine()
+    try:
+        for workers in [None, *worker_counts]:
+            label = "serial" if workers is None else f"{workers} worker(s)"
+            results = workdir / ("serial" if workers is None else f"workers-{workers}")
+            shutil.rmtree(results, ignore_errors=True)
+            say(f"study {study} {label} → {results}")
+            outcomes: list = []
+            start = time.perf_counter()
+            code = runner.run_study(study, overrides=overrides, results=results, report=False, workers=workers, outcomes=outcomes)
+            rows.append(
+                {
+                    "how": label,
+                    "workers": workers,
+                    "exit_status": code,
+                    "seconds": time.perf_counter() - start,
+                    "finetune_seconds": _span(outcomes, "finetune"),
+                    "runs": sum(1 for o in outcomes if o.stage == "finetune"),
+                }
+            )
+    finally:
+        if own:
+            shutil.rmtree(workdir, ignore_errors=True)
+    serial = rows[0]
+    for row in rows:
+        row["speedup"] = serial["seconds"] / row["seconds"]
+        both = serial["finetune_seconds"] and row["finetune_seconds"]
+        row["finetune_speedup"] = serial["finetune_seconds"] / row["finetune_seconds"] if both else None
+    info["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
+    return {"study": str(study), "overrides": list(overrides), "machine": info, "rows": rows, "target": STUDY_WORKERS_TARGET}
+
+
+STUDY_WORKERS_TARGET = 1.3  # finetune stage, 2 workers on 2 cores, against serial
+
+
+def format_study_workers(result: dict) -> str:
+    m = result["machine"]
+
+    def fmt(value, spec):
+        return "n/a" if value is None else format(value, spec)
+
+    lines = [
+        f"facetransfer bench --study {result['study']}: the study serially and on Dask LocalClusters, side by side in one run",
+        f"machine: {m['cpus']} CPUs, {m['cpu_model']}; load average {m['load_average']} → {m['load_average_end']}; backend {m['backend']}",
+        f"overrides: {' '.join(result['overrides']) or 'none'}; every row starts from an empty results folder (cold caches)",
+        "",
+        f"{'how':<14}{'exit':>5}{'study s':>10}{'speed-up':>10}{'finetune s':>12}{'speed-up':>10}",
+    ]
+    for row in result["rows"]:
+        lines.append(
+            f"{row['how']:<14}{row['exit_status']:>5}{row['seconds']:>10.1f}{row['speedup']:>9.2f}x"
+            f"{fmt(row['finetune_seconds'], '.1f'):>12}{fmt(row['finetune_speedup'], '.2f'):>9}x"
+        )
+    lines.append(
+        "finetune s = wall seconds from the first 03_finetune start to the last end (with a search stage, its use_search runs wait for it)."
+    )
+    two = next((row for row in result["rows"] if row["workers"] == 2), None)
+    if two is not None and two["finetune_speedup"] is not None:
+        lines.append(_verdict(two["finetune_speedup"] >= result["target"], f"finetune stage on 2 workers >= {result['target']}x"))
+    return "\n".join(lines)
+
+
+def run_study_bench(study: Path, workers: str, *, overrides=(), as_json: bool = False, workdir: Path | None = None) -> int:
+    """``facetransfer bench --study STUDY --workers 1,2 [--set K=V] [--json] [--workdir DIR]``."""
+    counts = parse_workers(workers)
+    with contextlib.redirect_stdout(sys.stderr):  # the runs' console goes to stderr, the table to stdout
+        result = study_workers(Path(study), counts, overrides=overrides, workdir=workdir)
+    print(json.dumps(result, default=str) if as_json else format_study_workers(result), flush=True)
+    return 0

@@ -110,6 +110,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides=args.set or [],
         results=args.results,
         report=not args.no_report,
+        workers=args.workers,
+        scheduler=args.scheduler,
     )
 
 
@@ -125,6 +127,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     _import_keras_quietly()
     from facetransfer import bench
 
+    if args.study is not None:
+        return bench.run_study_bench(args.study, args.workers or "1,2", overrides=args.set or [], as_json=args.json, workdir=args.workdir)
+    if args.workers is not None or args.set:
+        raise FacetransferError("--workers and --set go with --study (the study bench)")
     return bench.run_bench(quick=args.quick, as_json=args.json, cases=args.cases, workdir=args.workdir)
 
 
@@ -163,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="DOTTED.KEY=VALUE", help="override a param (value parsed as YAML); repeatable")
     p.add_argument("--results", type=Path, default=None, help="results folder (default: results/)")
     p.add_argument("--no-report", action="store_true", help="do not render the HTML report at the end")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=_positive_int, default=None, metavar="N", help="run on a local Dask cluster of N worker processes")
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS", help="run on the Dask cluster of this scheduler (tcp://host:8786)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("report", help="(re)render the HTML report of a study")
@@ -174,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--cases", nargs="*", default=None, help="subset of cases to run (default: all)")
     p.add_argument("--workdir", type=Path, default=None, help="where the benchmark data and caches go")
+    p.add_argument("--study", type=Path, default=None, help="instead: time this study serially and on Dask workers")
+    p.add_argument("--workers", default=None, metavar="N,N", help="with --study: worker counts to compare with serial (default 1,2)")
+    p.add_argument("--set", action="append", metavar="DOTTED.KEY=VALUE", help="with --study: override a param, as for run")
     p.set_defaults(func=_cmd_bench)
     return parser
 

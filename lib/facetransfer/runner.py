@@ -29,6 +29,11 @@ a failed run fails without executing). The exit status is 0 only when everything
 
 Console: one line per execution, papermill's cell progress bar, and the kernel's own output
 (Keras progress bars, prints) in ``run.log`` (``<stage>.log`` for stages) beside the notebook.
+
+Planning and executing. The study's graph is built once (:class:`facetransfer.plan.StudyPlan`);
+an executor (:mod:`facetransfer.executors`: serial, or Dask with ``workers``/``scheduler``)
+walks it, calling :func:`execute_node` for every node; :class:`StudyRun` keeps the
+bookkeeping (study.json, outcomes, the search's choices, the summary) in this process.
 """
 
 from __future__ import annotations
@@ -40,11 +45,13 @@ import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from facetransfer import executors
 from facetransfer.errors import FacetransferError
 from facetransfer.io import (
     DamagedFileError,
@@ -53,7 +60,17 @@ from facetransfer.io import (
     read_json,
     remove_orphan_temps,
 )
-from facetransfer.study import NOTEBOOKS, Run, Study, dependencies, execution_order, load_study
+from facetransfer.plan import (  # noqa: F401 - their home is plan.py; kept here for callers
+    FOLD_KEY,
+    Execution,
+    Node,
+    StudyPlan,
+    is_k_fold,
+    plan,
+    run_execution,
+    stage_execution,
+)
+from facetransfer.study import NOTEBOOKS, Run, Study, load_study
 
 KERNEL = "facetransfer"
 # The Jupyter kernel of each Keras backend, and the command that builds its environment
@@ -65,7 +82,6 @@ KERNELS = {
 NOTEBOOKS_ENV = "FACETRANSFER_NOTEBOOKS"
 DONE_MARKER = ".done.json"
 ERROR_CHARS = 400
-FOLD_KEY = "data.split.test_fold"
 
 
 def notebooks_dir(notebooks=None) -> Path:
@@ -89,94 +105,6 @@ def _file_sha1(path: Path) -> str | None:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-# ----------------------------------------------------------------------------------------
-# the plan: every notebook execution of a study
-
-
-@dataclass
-class Execution:
-    """One planned notebook execution (a stage, or one run of 03_finetune)."""
-
-    stage: str  # explore | search | finetune | compare
-    run_id: str | None  # the run id, or the stage's own id (hash of its parameters)
-    name: str
-    notebook: str
-    out_dir: Path
-    parameters: dict
-    run: Run | None = None
-    needs: tuple[str, ...] = ()  # run ids whose metrics this execution reads
-
-    def to_json(self) -> dict:
-        if self.run is not None:
-            out = {"run_id": self.run_id, "name": self.name, "notebook": self.notebook, "params": self.run.params}
-            if self.run.pending:
-                out["pending"] = "its params take the search stage's chosen values (use_search)"
-            return out
-        return {"run_id": self.run_id, "stage": self.stage, "notebook": self.notebook, "params": self.parameters}
-
-
-def stage_execution(study: Study, stage: str, study_dir: Path, results_root: Path) -> Execution:
-    out_dir = study_dir / stage
-    if stage == "explore":
-        base = study.base_params
-        parameters = {
-            "data": base["data"],
-            "task": base["task"],
-            "seed": base["seed"],
-            "augment": base["train"]["augment"],
-            "out_dir": str(out_dir),
-            "results_root": str(results_root),
-        }
-        needs: tuple[str, ...] = ()
-    elif stage == "search":
-        parameters = {"search": study.search, "base_params": study.base_params, "out_dir": str(out_dir), "results_root": str(results_root)}
-        needs = tuple(study.base_depends_on)
-    elif stage == "compare":
-        parameters = {"study_dir": str(study_dir)}
-        if is_k_fold(study):
-            parameters["aggregate_over"] = FOLD_KEY  # the notebook's default is "seed" (repeats)
-        needs = tuple(r.run_id for r in study.runs if not r.pending)
-    else:
-        raise ValueError(stage)
-    return Execution(stage, _hash({"stage": stage, "parameters": parameters}), stage, NOTEBOOKS[stage], out_dir, parameters, needs=needs)
-
-
-def is_k_fold(study: Study) -> bool:
-    """True when the study's runs are folds: split source ``folds`` with several test folds."""
-    folds = {r.params["data"]["split"]["test_fold"] for r in study.runs if r.params["data"]["split"]["source"] == "folds"}
-    return len(folds) > 1
-
-
-def run_execution(run: Run, study_dir: Path, results_root: Path) -> Execution:
-    run_dir = study_dir / "runs" / (run.run_id or "pending")
-    parameters = {"params": run.params, "run_id": run.run_id, "run_dir": str(run_dir), "results_root": str(results_root)}
-    return Execution("finetune", run.run_id, run.name, run.notebook, run_dir, parameters, run=run)
-
-
-def plan(study: Study, study_dir: Path, results_root: Path) -> list[Execution]:
-    """Every execution of the study, in the order the runner executes them."""
-    out: list[Execution] = []
-    done: set[str] = set()
-
-    def add_runs(run_ids) -> None:
-        for run_id in run_ids:
-            if run_id not in done:
-                done.add(run_id)
-                out.append(run_execution(study.run_by_id(run_id), study_dir, results_root))
-
-    if "explore" in study.stages:
-        out.append(stage_execution(study, "explore", study_dir, results_root))
-    if "search" in study.stages:
-        add_runs(dependencies(study, study.base_depends_on))
-        out.append(stage_execution(study, "search", study_dir, results_root))
-    if "finetune" in study.stages:
-        add_runs(execution_order(study))
-        out.extend(run_execution(r, study_dir, results_root) for r in study.runs if r.pending)
-    if "compare" in study.stages:
-        out.append(stage_execution(study, "compare", study_dir, results_root))
-    return out
 
 
 # ----------------------------------------------------------------------------------------
@@ -335,6 +263,8 @@ class Outcome:
     seconds: float = 0.0
     metrics: dict | None = None
     error: str | None = None
+    started: float | None = None  # wall clock (time.time()) while the node executed
+    ended: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -358,29 +288,114 @@ def _test_metric(metrics: dict | None, key: str) -> float | None:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-class _Runner:
-    def __init__(self, study: Study, study_dir: Path, results_root: Path, notebooks: Path, kernel_name: str, force: bool):
-        self.study = study
-        self.study_dir = study_dir
-        self.results_root = results_root
-        self.notebooks = notebooks
-        self.kernel_name = kernel_name
-        self.force = force
-        self.outcomes: dict[str, Outcome] = {}  # by run id / stage
-        self.order: list[str] = []
-        self.started = _now()
+@dataclass(frozen=True)
+class Context:
+    """What executing one node needs besides the node (sent to Dask workers with it)."""
 
-    # -- bookkeeping
-    def _record(self, key: str, outcome: Outcome) -> Outcome:
-        if key not in self.outcomes:
-            self.order.append(key)
-        self.outcomes[key] = outcome
-        return outcome
+    study_dir: Path
+    notebooks: Path
+    kernel_name: str
+    force: bool
+
+
+def execute_node(node: Node, context: Context, done: Mapping[str, Outcome], say=print) -> Outcome:
+    """Execute one node of the plan (a stage or a run) unless complete; its outcome.
+
+    ``done`` holds the outcomes of the nodes it needs; ``say`` prints a console line. This is
+    the whole of what a serial run or a Dask worker does for one node.
+    """
+    started = time.time()
+    outcome = (_execute_run if node.run is not None else _execute_stage)(node, context, done, say)
+    outcome.started, outcome.ended = started, time.time()
+    return outcome
+
+
+def _execute_stage(node: Node, context: Context, done: Mapping[str, Outcome], say) -> Outcome:
+    ex, name = node.execution, node.key
+    failed = [d for d in ex.needs if d in done and not done[d].ok]
+    if name != "compare" and failed:
+        error = f"needs run {failed[0]} ({done[failed[0]].name}), which did not end ok"
+        say(f"FAILED {name}: {error}")
+        return Outcome(name, ex.run_id, name, "failed", error=error)
+    key = stage_key(ex, context.notebooks, context.study_dir)
+    if not context.force and stage_complete(ex, key):
+        say(f"skip {name} {ex.run_id} (inputs unchanged)")
+        return Outcome(name, ex.run_id, name, "skipped")
+    say(f"{name} {ex.run_id}: {ex.notebook} → {ex.out_dir}")
+    (ex.out_dir / DONE_MARKER).unlink(missing_ok=True)
+    start = time.perf_counter()
+    error = execute_notebook(context.notebooks / ex.notebook, ex.out_dir, ex.parameters, kernel_name=context.kernel_name, log_name=f"{name}.log")
+    seconds = time.perf_counter() - start
+    if error is not None:
+        say(f"FAILED {name} after {seconds:.1f} s: {error}")
+        return Outcome(name, ex.run_id, name, "failed", seconds, error=error)
+    atomic_write_json(ex.out_dir / DONE_MARKER, {"stage": name, "stage_id": ex.run_id, "key": key, "finished": _now(), "seconds": seconds})
+    say(f"ok {name} in {seconds:.1f} s")
+    return Outcome(name, ex.run_id, name, "ok", seconds)
+
+
+def _execute_run(node: Node, context: Context, done: Mapping[str, Outcome], say) -> Outcome:
+    run, run_dir = node.run, node.execution.out_dir
+    for dep in run.depends_on:
+        dep_outcome = done.get(dep)
+        if dep_outcome is not None and not dep_outcome.ok:
+            return fail_run(run, run_dir, f"its weights come from run {dep} ({dep_outcome.name}), which did not end ok", 0.0, say)
+    reevaluate: list[str] = []
+    if not context.force:
+        metrics = run_complete(run_dir, run.run_id, run.notebook, run.params)
+        if metrics is not None:
+            say(f"skip {run.run_id} (complete) {run.name}")
+            return Outcome("finetune", run.run_id, run.name, "skipped", metrics=metrics)
+        reevaluate = needs_reevaluation(run_dir, run.run_id, run.params)
+    if reevaluate:  # metrics.json stays until the notebook replaces it: it holds the training timings
+        say(f"re-evaluate {run.run_id} {run.name}: {', '.join(reevaluate)} changed; the saved model, no retraining")
+    else:
+        say(f"run {run.run_id} {run.name}: {run.notebook} → {run_dir}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.json").unlink(missing_ok=True)
+    start = time.perf_counter()
+    parameters = {**node.execution.parameters, "reevaluate": True} if reevaluate else node.execution.parameters
+    error = execute_notebook(context.notebooks / run.notebook, run_dir, parameters, kernel_name=context.kernel_name, log_name="run.log")
+    seconds = time.perf_counter() - start
+    metrics = run_metrics(run_dir)
+    if error is None:
+        if metrics is None:
+            error = "the notebook finished without writing metrics.json"
+        elif metrics.get("run_id") != run.run_id:
+            error = f"metrics.json names run_id {metrics.get('run_id')!r}, expected {run.run_id}"
+        elif metrics.get("status") != "ok":
+            error = _one_line(metrics.get("error") or f"metrics.json says status {metrics.get('status')!r}")
+    if error is not None:
+        return fail_run(run, run_dir, error, seconds, say)
+    extra = _headline(metrics, run.params["task"])
+    say(f"ok {run.run_id} in {seconds:.1f} s{extra}")
+    return Outcome("finetune", run.run_id, run.name, "ok", seconds, metrics)
+
+
+def fail_run(run: Run, run_dir: Path, error: str, seconds: float, say=print) -> Outcome:
+    """Write the failed run's metrics.json and say so; its outcome."""
+    metrics = failed_metrics(run, error, seconds)
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    say(f"FAILED {run.run_id} {run.name} after {seconds:.1f} s: {error}")
+    return Outcome("finetune", run.run_id, run.name, "failed", seconds, metrics, error)
+
+
+class StudyRun:
+    """The bookkeeping of one ``facetransfer run`` whichever executor walks the plan:
+    study.json, the outcomes, the search's choices given to the plan, the summary."""
+
+    def __init__(self, plan: StudyPlan, context: Context, results_root: Path):
+        self.plan = plan
+        self.study = plan.study
+        self.context = context
+        self.results_root = results_root
+        self.outcomes: dict[str, Outcome] = {}  # by node key ("pending:<name>" for unresolved runs)
+        self.started = _now()
 
     def write_study_json(self) -> None:
         st = self.study
         atomic_write_json(
-            self.study_dir / "study.json",
+            self.context.study_dir / "study.json",
             {
                 "study": st.name,
                 "title": st.title,
@@ -399,111 +414,41 @@ class _Runner:
             },
         )
 
-    # -- one stage
-    def stage(self, name: str) -> Outcome:
-        ex = stage_execution(self.study, name, self.study_dir, self.results_root)
-        failed = [d for d in ex.needs if d in self.outcomes and not self.outcomes[d].ok]
-        if name != "compare" and failed:
-            error = f"needs run {failed[0]} ({self.outcomes[failed[0]].name}), which did not end ok"
-            print(f"FAILED {name}: {error}", flush=True)
-            return self._record(name, Outcome(name, ex.run_id, name, "failed", error=error))
-        key = stage_key(ex, self.notebooks, self.study_dir)
-        if not self.force and stage_complete(ex, key):
-            print(f"skip {name} {ex.run_id} (inputs unchanged)", flush=True)
-            return self._record(name, Outcome(name, ex.run_id, name, "skipped"))
-        print(f"{name} {ex.run_id}: {ex.notebook} → {ex.out_dir}", flush=True)
-        (ex.out_dir / DONE_MARKER).unlink(missing_ok=True)
-        start = time.perf_counter()
-        error = execute_notebook(self.notebooks / ex.notebook, ex.out_dir, ex.parameters, kernel_name=self.kernel_name, log_name=f"{name}.log")
-        seconds = time.perf_counter() - start
-        if error is not None:
-            print(f"FAILED {name} after {seconds:.1f} s: {error}", flush=True)
-            return self._record(name, Outcome(name, ex.run_id, name, "failed", seconds, error=error))
-        atomic_write_json(ex.out_dir / DONE_MARKER, {"stage": name, "stage_id": ex.run_id, "key": key, "finished": _now(), "seconds": seconds})
-        print(f"ok {name} in {seconds:.1f} s", flush=True)
-        return self._record(name, Outcome(name, ex.run_id, name, "ok", seconds))
-
-    # -- one run
-    def run(self, run: Run) -> Outcome:
-        if run.run_id in self.outcomes:
-            return self.outcomes[run.run_id]
-        ex = run_execution(run, self.study_dir, self.results_root)
-        run_dir = ex.out_dir
-        for dep in run.depends_on:
-            dep_outcome = self.outcomes.get(dep)
-            if dep_outcome is not None and not dep_outcome.ok:
-                return self._fail(run, f"its weights come from run {dep} ({dep_outcome.name}), which did not end ok", 0.0)
-        reevaluate: list[str] = []
-        if not self.force:
-            metrics = run_complete(run_dir, run.run_id, run.notebook, run.params)
-            if metrics is not None:
-                print(f"skip {run.run_id} (complete) {run.name}", flush=True)
-                return self._record(run.run_id, Outcome("finetune", run.run_id, run.name, "skipped", metrics=metrics))
-            reevaluate = needs_reevaluation(run_dir, run.run_id, run.params)
-        if reevaluate:  # metrics.json stays until the notebook replaces it: it holds the training timings
-            print(f"re-evaluate {run.run_id} {run.name}: {', '.join(reevaluate)} changed; the saved model, no retraining", flush=True)
-        else:
-            print(f"run {run.run_id} {run.name}: {run.notebook} → {run_dir}", flush=True)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "metrics.json").unlink(missing_ok=True)
-        start = time.perf_counter()
-        parameters = {**ex.parameters, "reevaluate": True} if reevaluate else ex.parameters
-        error = execute_notebook(self.notebooks / run.notebook, run_dir, parameters, kernel_name=self.kernel_name, log_name="run.log")
-        seconds = time.perf_counter() - start
-        metrics = run_metrics(run_dir)
-        if error is None:
-            if metrics is None:
-                error = "the notebook finished without writing metrics.json"
-            elif metrics.get("run_id") != run.run_id:
-                error = f"metrics.json names run_id {metrics.get('run_id')!r}, expected {run.run_id}"
-            elif metrics.get("status") != "ok":
-                error = _one_line(metrics.get("error") or f"metrics.json says status {metrics.get('status')!r}")
-        if error is not None:
-            return self._fail(run, error, seconds)
-        extra = _headline(metrics, run.params["task"])
-        print(f"ok {run.run_id} in {seconds:.1f} s{extra}", flush=True)
-        return self._record(run.run_id, Outcome("finetune", run.run_id, run.name, "ok", seconds, metrics))
-
-    def _fail(self, run: Run, error: str, seconds: float) -> Outcome:
-        run_dir = self.study_dir / "runs" / run.run_id
-        metrics = failed_metrics(run, error, seconds)
-        atomic_write_json(run_dir / "metrics.json", metrics)
-        print(f"FAILED {run.run_id} {run.name} after {seconds:.1f} s: {error}", flush=True)
-        return self._record(run.run_id, Outcome("finetune", run.run_id, run.name, "failed", seconds, metrics, error))
-
-    # -- the whole study
-    def execute(self) -> bool:
-        st = self.study
+    def finished(self, node: Node, outcome: Outcome) -> list[Node]:
+        """Record a node's outcome; the nodes it made known (the resolved ``use_search`` runs)."""
+        self.outcomes[node.key] = outcome
+        if node.key != "search" or not outcome.ok or not self.plan.waiting:
+            return []
+        best = search_best(self.context.study_dir)
+        if best is None:
+            outcome.status, outcome.error = "failed", "02_search did not write search/best_params.json"
+            return []
+        added = self.plan.resolve_search(best)
         self.write_study_json()
-        if "explore" in st.stages:
-            self.stage("explore")
-        if "search" in st.stages:
-            for run_id in dependencies(st, st.base_depends_on):
-                self.run(st.run_by_id(run_id))
-            if self.stage("search").ok and any(r.use_search for r in st.runs):
-                best = search_best(self.study_dir)
-                if best is None:
-                    self.outcomes["search"].status = "failed"
-                    self.outcomes["search"].error = "02_search did not write search/best_params.json"
-                else:
-                    st.apply_search(best)
-                    self.write_study_json()
-        if "finetune" in st.stages:
-            for run_id in execution_order(st):
-                self.run(st.run_by_id(run_id))
-            for run in st.runs:
-                if run.pending:
-                    error = "its params wait for the search stage, which did not end ok"
-                    print(f"FAILED {run.name}: {error}", flush=True)
-                    self._record(f"pending:{run.name}", Outcome("finetune", None, run.name, "failed", error=error))
-        if "compare" in st.stages:
-            self.stage("compare")
+        return added
+
+    def fail_waiting(self, say=print) -> None:
+        """The ``use_search`` runs still waiting once the search is over: failed."""
+        for run in self.plan.waiting:
+            error = "its params wait for the search stage, which did not end ok"
+            say(f"FAILED {run.name}: {error}")
+            self.outcomes[f"pending:{run.name}"] = Outcome("finetune", None, run.name, "failed", error=error)
+
+    @property
+    def ok(self) -> bool:
         return all(o.ok for o in self.outcomes.values())
+
+    def ordered(self) -> list[Outcome]:
+        """The outcomes in the serial order, whatever order they finished in."""
+        rank = {key: i for i, key in enumerate(self.plan.order())}
+        last = rank.pop("compare", len(rank))
+        keys = sorted(self.outcomes, key=lambda key: rank.get(key, last - 0.5 if key.startswith("pending:") else last))
+        return [self.outcomes[key] for key in keys]
 
     def summary(self) -> str:
         rows = [("stage", "id", "name", "status", "test acc", "test mae", "seconds")]
-        for key in self.order:
-            o = self.outcomes[key]
+        outcomes = self.ordered()
+        for o in outcomes:
             acc, mae = _test_metric(o.metrics, "accuracy"), _test_metric(o.metrics, "mae")
             if (o.metrics or {}).get("params", {}).get("task") == "age":
                 acc = None  # an age run's accuracy is over derived age groups: MAE is its figure
@@ -520,9 +465,9 @@ class _Runner:
             )
         widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-        n_failed = sum(1 for o in self.outcomes.values() if not o.ok)
-        head = f"study {self.study.name}: {len(self.outcomes) - n_failed} ok, {n_failed} failed"
-        errors = [f"  {o.run_id or o.name}: {o.error}" for o in (self.outcomes[k] for k in self.order) if o.error]
+        n_failed = sum(1 for o in outcomes if not o.ok)
+        head = f"study {self.study.name}: {len(outcomes) - n_failed} ok, {n_failed} failed"
+        errors = [f"  {o.run_id or o.name}: {o.error}" for o in outcomes if o.error]
         return "\n".join([head, *lines, *(["errors:", *errors] if errors else [])])
 
 
@@ -599,11 +544,18 @@ def run_study(
     report: bool = True,
     notebooks=None,
     kernel_name: str | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    outcomes: list | None = None,
 ) -> int:
     """Execute (or, with ``dry_run``, print) the study file ``study``; the exit status.
 
     0 when every execution ended ok, 1 otherwise. User errors (a bad study file, a busy
-    study, a missing notebook or kernel) raise :class:`FacetransferError` before any run.
+    study, a missing notebook or kernel, bad ``workers``/``scheduler``) raise
+    :class:`FacetransferError` before any run. ``workers`` (a LocalCluster of that many
+    processes) or ``scheduler`` (a running Dask cluster's address) execute it on Dask
+    (:mod:`facetransfer.executors`); ``outcomes``, a list, receives every :class:`Outcome`
+    in the summary's order (the bench reads their times).
     ``kernel_name`` None: the kernel of the running Keras backend (:data:`KERNELS`).
     """
     results_root = Path(results if results is not None else "results").resolve()
@@ -614,13 +566,17 @@ def run_study(
         return _dry_run(st, study_dir, results_root, nb_dir)
     _check_notebooks(st, nb_dir)
     kernel_name = _check_kernel(kernel_name)
-    with StudyLock(study_dir / ".lock"):
+    executors.check_options(workers=workers, scheduler=scheduler)
+    with StudyLock(study_dir / ".lock"), executors.make_executor(workers=workers, scheduler=scheduler) as executor:
         _remove_orphan_temps(results_root / "_cache", study_dir)
-        runner = _Runner(st, study_dir, results_root, nb_dir, kernel_name, force)
-        ok = runner.execute()
-        print(runner.summary(), flush=True)
+        study_run = StudyRun(StudyPlan(st, study_dir, results_root), Context(study_dir, nb_dir, kernel_name, force), results_root)
+        study_run.write_study_json()
+        executor.execute(study_run)
+        print(study_run.summary(), flush=True)
+        if outcomes is not None:
+            outcomes.extend(study_run.ordered())
         if report:
             from facetransfer import report as R
 
             print(f"report: {R.render(study_dir)}", flush=True)
-    return 0 if ok else 1
+    return 0 if study_run.ok else 1
