@@ -146,7 +146,11 @@ def test_subgroup_table_small_groups_one_class_and_gap_interval():
     makeup = table[(table["attribute"] == "Heavy_Makeup") & (table["group"] == "1")].iloc[0]
     assert makeup["one_class"] and math.isnan(makeup["f1_macro"]) and math.isnan(makeup["auc"])
     shown = compare.format_subgroups(table)
-    assert (shown.loc[makeup.name, ["f1_macro", "auc"]] == "n/a (one class)").all()
+    assert (shown.loc[makeup.name, ["f1_macro (95 % CI)", "auc (95 % CI)"]] == "n/a (one class)").all()
+    a = table[(table["attribute"] == "group") & (table["group"] == "a")].iloc[0]  # per-group F1 and AUC carry intervals
+    assert a["f1_lo"] <= a["f1_macro"] <= a["f1_hi"] and a["auc_lo"] <= a["auc"] <= a["auc_hi"]
+    assert a["f1_macro"] == pytest.approx(skm.f1_score(frame.loc[frame["group"] == "a", "y_true"], frame.loc[frame["group"] == "a", "y_pred"], average="macro"))
+    assert shown.loc[a.name, "f1_macro (95 % CI)"] == f"{a['f1_macro']:.3f} [{a['f1_lo']:.3f}, {a['f1_hi']:.3f}]"
     assert not shown.astype(str).apply(lambda c: c.str.contains("nan|None")).any().any()
     gaps = compare.gap_table(table).set_index(["attribute", "metric"])
     ranked = table[(table["attribute"] == "group") & (table["status"] == "ranked")]
@@ -205,5 +209,5 @@ def test_age_gender_subgroups_with_too_few_persons_format_without_crashing():
     frame["y_pred"] = (frame["prob"] >= 0.5).astype(int)
     table = compare.subgroups(frame, ["race"], "age_gender", n_boot=50)
     shown = compare.format_subgroups(table)
-    assert {"accuracy (95 % CI)", "f1_macro", "auc", "MAE (95 % CI)"} <= set(shown.columns)
+    assert {"accuracy (95 % CI)", "f1_macro (95 % CI)", "auc (95 % CI)", "MAE (95 % CI)"} <= set(shown.columns)
     assert compare.subgroup_summary(table).startswith("No subgroup gap: race accuracy: fewer than two groups with n >= 20")

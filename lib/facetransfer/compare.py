@@ -788,7 +788,7 @@ def subgroups(pred: pd.DataFrame, columns: Sequence[str], task: str, *, min_grou
         gaps += _gaps(pred, labels, column, cols, the_unit, min_group, rows, kw)
     columns_out = ["attribute", "group", "n", "persons", "status"]
     if cols["kind"] is not None:
-        columns_out += ["accuracy", "acc_lo", "acc_hi", "f1_macro"] + (["auc"] if cols["prob"] is not None else []) + ["one_class"]
+        columns_out += ["accuracy", "acc_lo", "acc_hi", "f1_macro", "f1_lo", "f1_hi"] + (["auc", "auc_lo", "auc_hi"] if cols["prob"] is not None else []) + ["one_class"]
     if cols["age_true"] is not None:
         columns_out += ["mae", "mae_lo", "mae_hi"]
     table = pd.DataFrame(rows, columns=columns_out)
@@ -822,9 +822,11 @@ def _group_row(part: pd.DataFrame, column: str, group: str, cols: dict, unit: st
         row["accuracy"], row["acc_lo"], row["acc_hi"] = stats.proportion(y_true == y_pred, unit, **kw)
         row["one_class"] = metrics.one_class(y_true)
         if not row["one_class"]:
-            row["f1_macro"] = metrics.f1_macro(y_true, y_pred)
+            row["f1_macro"], row["f1_lo"], row["f1_hi"] = stats.bootstrap(
+                metrics.f1_macro, y_true, y_pred, unit=unit, resampled=metrics.f1_macro_resampled, **kw)
             if cols["prob"] is not None:
-                row["auc"] = metrics.roc_auc(y_true, part[cols["prob"]].to_numpy(dtype=float))
+                row["auc"], row["auc_lo"], row["auc_hi"] = stats.bootstrap(
+                    metrics.roc_auc, y_true, part[cols["prob"]].to_numpy(dtype=float), unit=unit, resampled=metrics.roc_auc_resampled, **kw)
     if cols["age_true"] is not None:
         error = (part[cols["age_true"]] - part[cols["age_pred"]]).abs().to_numpy(dtype=float)
         row["mae"], row["mae_lo"], row["mae_hi"] = stats.bootstrap(None, error, unit=unit, **kw)
@@ -919,7 +921,10 @@ def format_subgroups(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
         out[f"accuracy ({pct} % CI)"] = [_fmt_ci(r.accuracy, r.acc_lo, r.acc_hi, digits) for r in table.itertuples()]
         for metric in ("f1_macro", "auc"):
             if metric in table:
-                out[metric] = [ONE_CLASS if one else _fmt_ci(v, None, None, digits) for v, one in zip(table[metric], table["one_class"], strict=True)]
+                short = "f1" if metric == "f1_macro" else metric
+                lows, highs = table.get(f"{short}_lo", pd.Series(np.nan, index=table.index)), table.get(f"{short}_hi", pd.Series(np.nan, index=table.index))
+                out[f"{metric} ({pct} % CI)"] = [ONE_CLASS if one else _fmt_ci(v, lo, hi, digits)
+                                                 for v, lo, hi, one in zip(table[metric], lows, highs, table["one_class"], strict=True)]
     if "mae" in table:
         out[f"MAE ({pct} % CI)"] = [_fmt_ci(r.mae, r.mae_lo, r.mae_hi, 2) for r in table.itertuples()]
     out.attrs.update(table.attrs)
