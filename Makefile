@@ -17,7 +17,7 @@ PY_JAX := $(VENV_JAX)/bin/python
 ENV_JAX_HASH := $(shell cat requirements.txt requirements-jax.txt pyproject.toml | sha1sum | cut -c1-12)
 STAMP_JAX := $(VENV_JAX)/.facetransfer-env-$(ENV_JAX_HASH)
 STUDY ?= params/demo.yaml
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -n 3 --dist loadfile  # three pytest workers: most of the suite waits on notebook kernels and subprocesses
 
 .PHONY: venv venv-jax test lint report clean-results
 

@@ -62,7 +62,7 @@ def test_the_detector_sees_live_payloads_and_not_escaped_ones():
 def comparison_table(name: str) -> pd.DataFrame:
     row = {"Run": name, "accuracy": 0.9, "acc_lo": 0.8, "acc_hi": 0.95, "precision": 0.9, "recall": 0.9, "f1": 0.9,
            "f1_lo": 0.8, "f1_hi": 0.95, "auc": float("nan"), "auc_lo": None, "auc_hi": None, "mae": float("nan"),
-           "mae_lo": None, "mae_hi": None, "train_seconds": 3.0, "degenerate": False, "status": "failed", "note": name}  # fmt: skip
+           "mae_lo": None, "mae_hi": None, "train_seconds": 3.0, "degenerate": False, "status": "failed", "note": name, "unit": "per image: no identities"}  # fmt: skip
     return pd.DataFrame([row])
 
 

@@ -48,6 +48,27 @@ INSTEAD = {
         ".venv/bin/facetransfer run params/demo.yaml --set train.epochs=2 --results $RESULTS --dry-run",
         "trains seven models for minutes (test_demo_runs runs them on tiny data); the next command renders a stand-in study",
     ),
+    ".venv/bin/facetransfer run params/demo.yaml --workers 2": (
+        ".venv/bin/facetransfer run params/demo.yaml --workers 2 --results $RESULTS --dry-run",
+        "runs the whole demo on a local Dask cluster for minutes; tests/test_dask.py runs studies on Dask",
+    ),
+    ".venv/bin/facetransfer run params/demo.yaml --scheduler tcp://10.0.0.5:8786": (
+        ".venv/bin/facetransfer run params/demo.yaml --scheduler tcp://10.0.0.5:8786 --results $RESULTS --dry-run",
+        "the address is an example of a remote cluster (never contacted here); tests/test_dask.py uses a real scheduler on 127.0.0.1",
+    ),
+    '.venv/bin/python -c "from dask_cuda import LocalCUDACluster; import time; c = LocalCUDACluster(threads_per_worker=1, scheduler_port=8786); print(c.dashboard_link, flush=True); time.sleep(10**9)" &': (
+        "true",
+        "needs dask-cuda and NVIDIA GPUs, and runs until stopped",
+    ),
+    ".venv/bin/facetransfer run params/adience_architectures.yaml --scheduler tcp://127.0.0.1:8786": (
+        ".venv/bin/facetransfer run params/adience_architectures.yaml --scheduler tcp://127.0.0.1:8786 --results $RESULTS --dry-run",
+        "needs the Dask cluster above, the real Adience copy and ImageNet weights; the dry run checks every argument",
+    ),
+    ".venv/bin/python slurm_cluster.py &": ("true", "needs a Slurm cluster (checked once by hand; docs/benchmarks.md has the log)"),
+    ".venv/bin/facetransfer run params/adience_architectures.yaml --scheduler tcp://$(hostname):8786": (
+        ".venv/bin/facetransfer run params/adience_architectures.yaml --scheduler tcp://$(hostname):8786 --results $RESULTS --dry-run",
+        "needs the Slurm cluster above and the real Adience copy; the dry run checks every argument",
+    ),
     "KERAS_BACKEND=jax .venv-jax/bin/facetransfer run params/demo.yaml --results $RESULTS/jax": (
         "test ! -x .venv-jax/bin/facetransfer || KERAS_BACKEND=jax .venv-jax/bin/facetransfer run params/demo.yaml --results $RESULTS/jax --dry-run",
         "needs .venv-jax (make venv-jax); dry run when it exists",

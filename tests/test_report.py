@@ -120,6 +120,7 @@ def test_index_summarises_the_study(rendered):
 
 def test_degenerate_run_is_flagged_in_red(rendered):
     text = rendered[2]
+    text = text[text.index("<h2>Runs</h2>"):]  # the runs table (the answer at a glance names runs above it)
     row = next(r for r in text.split("<tr>") if "main lr=0.1" in r)
     assert '<span class="bad"' in row and "degenerate" in row and "predicts class 0" in row
     good = next(r for r in text.split("<tr>") if "main lr=0.001" in r)
@@ -314,7 +315,8 @@ def test_index_lists_the_params_that_differ_and_the_search_choice(tmp_path):
     atomic_write_json(study_dir / "study.json", info)
     text = report.render(study_dir).read_text()
     assert "params that differ" in text
-    row = next(r for r in text.split("<tr>") if "main lr=0.001<" in r)
+    runs = text[text.index("<h2>Runs</h2>"):]  # the runs table (the answer at a glance names runs above it)
+    row = next(r for r in runs.split("<tr>") if "main lr=0.001<" in r)
     assert '<span class="params">lr=0.001</span>' in row  # only the learning rate differs
     assert "Same in every run: task=gender · dataset=celeba · backbone=vgg16 · weights=imagenet · strategy=frozen · batch=32 · epochs=3 · seed=0." in text
     assert '<td class="num best">0.9125</td>' in row  # best accuracy among runs that are not degenerate

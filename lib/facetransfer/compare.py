@@ -354,7 +354,7 @@ def format_comparison(table: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     out = out[[c for c in out.columns if c == "Run" or (out[c] != DASH).any()]]
     out["Training time"] = [format_seconds(v) for v in table["train_seconds"]]
     out["Degenerate"] = np.where(table["degenerate"], "yes", "")
-    out["Unit"] = table["unit"].fillna(DASH).to_numpy()
+    out["Unit"] = table["unit"].fillna(DASH).to_numpy() if "unit" in table else DASH
     out["Status"] = table["status"].to_numpy()
     out["Note"] = table["note"].fillna("").to_numpy()
     return out

@@ -18,6 +18,7 @@ from tqdm import tqdm  # text bars: readable in papermill output and the HTML re
 from facetransfer.errors import FacetransferError
 
 BASELINES = ("mean", "zero", "gray")
+FLOAT_NOISE = 1e-6  # probability drops below this are float32 rounding between batch shapes
 
 
 def _check_image(image) -> np.ndarray:
@@ -138,6 +139,8 @@ def occlusion_map(
             drop_sum[y : y + patch, x : x + patch] += reference - p
             cover[y : y + patch, x : x + patch] += 1.0
     heat = np.clip(drop_sum / cover, 0.0, None)
+    # a batch is computed by other kernels than the single image: drops at float32 rounding level are not saliency
+    heat[heat < FLOAT_NOISE] = 0.0
     if normalize and heat.max() > 0:
         heat = heat / heat.max()
     return heat.astype(np.float32)
