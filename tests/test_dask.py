@@ -341,7 +341,7 @@ def test_same_numbers_serially_and_on_two_workers(tmp_path, capsys):
         for name in ("splits.csv", "predictions.csv"):
             assert (a / name).read_bytes() == (b / name).read_bytes(), f"{run_id}/{name}"
         assert read_json(a / "metrics.json")["test"] == read_json(b / "metrics.json")["test"]
-        assert "(1 CPU threads)" in (a / "run.log").read_text() and "(1 CPU threads)" in (b / "run.log").read_text()
+        assert "CPU threads: 1," in (a / "run.log").read_text() and "CPU threads: 1," in (b / "run.log").read_text()
 
 
 # ----------------------------------------------------------------------------------------

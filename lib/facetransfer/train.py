@@ -420,7 +420,7 @@ def fit(model: keras.Model, data, cfg: dict, run_dir, *, results_root, verbose="
     init_age_output(model, data.targets("train"), log)
     weights = sample_weights(cfg, data.targets("train"))
     cache = data.cache
-    _say(log, f"{env['backend']} on {', '.join(env['devices'])} ({env['cpu_threads']} CPU threads), dtype policy {env['mixed_precision']}, xla {'on' if env['xla'] else 'off'}")
+    _say(log, f"{env['backend']} on {', '.join(env['devices'])}, CPU threads: {env['cpu_threads']}, dtype policy {env['mixed_precision']}, xla {'on' if env['xla'] else 'off'}")
     decoded = "hit: no decoding" if cache.hit else f"built: decoded {len(cache.paths)} images"
     _say(log, f"image cache {decoded} ({cache.seconds:.1f} s, key {cache.key})")
 
