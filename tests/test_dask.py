@@ -321,15 +321,14 @@ def test_killed_client_resumes_and_a_second_client_is_refused(tmp_path, notebook
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="OPEN (issue 14 item 4): splits.csv is byte-identical but predictions.csv differs; suspected: the worker's "
-    "thread limits (OMP/TF intra-op = 1) change float reduction order against the 2-thread serial run",
-    strict=True,
-)
 def test_same_numbers_serially_and_on_two_workers(tmp_path, capsys):
+    """A CPU kernel's float sums depend on its thread count: serially TensorFlow takes every
+    core, a worker's kernel its share of them (TF_NUM_INTRAOP_THREADS). ``train.cpu_threads``
+    gives every kernel the same count, so both give the same bytes."""
     body = study_body(stages=["finetune"])  # two runs of the compact CNN from scratch, 1 epoch, 32 px
     body["defaults"]["data"]["synthetic"] = {"n": 120, "seed": 0, "size": 64}
     body["defaults"]["eval"] = {"saliency": 0}
+    body["defaults"]["train"]["cpu_threads"] = 1
     out, study, results = {}, write_study(tmp_path, body), tmp_path / "results"
     for how, workers in (("serial", None), ("dask", 2)):  # the same results path: splits.csv holds image paths
         assert runner.run_study(study, results=results, report=False, workers=workers) == 0
@@ -342,6 +341,7 @@ def test_same_numbers_serially_and_on_two_workers(tmp_path, capsys):
         for name in ("splits.csv", "predictions.csv"):
             assert (a / name).read_bytes() == (b / name).read_bytes(), f"{run_id}/{name}"
         assert read_json(a / "metrics.json")["test"] == read_json(b / "metrics.json")["test"]
+        assert "CPU threads: 1," in (a / "run.log").read_text() and "CPU threads: 1," in (b / "run.log").read_text()
 
 
 # ----------------------------------------------------------------------------------------

@@ -236,6 +236,10 @@ def test_runtime_configure_and_devices():
         assert runtime.configure(0, mixed_precision="on", xla=True)["mixed_precision"] == "mixed_float16"
         with pytest.raises(ParamError, match="train.mixed_precision"):
             runtime.configure(0, mixed_precision="yes")
+        assert info["cpu_threads"] >= 1  # the count in use; null left the backend's default
+        for bad in (0, True, "2"):
+            with pytest.raises(ParamError, match="train.cpu_threads"):
+                runtime.configure(0, cpu_threads=bad)
     finally:
         keras.config.set_dtype_policy("float32")
 

@@ -87,6 +87,8 @@ def test_run_id_includes_the_backend_and_the_resolved_precision(monkeypatch):
     assert identity["data_fingerprint"].startswith("synthetic:")
     cpu = run_id(cfg)
     assert run_id(resolve_run({**SYNTH, "train": {"mixed_precision": "off"}})) == cpu  # both float32 here
+    assert "cpu_threads" not in identity["params"]["train"]  # null (the default): ids stay as before
+    assert run_id(resolve_run({**SYNTH, "train": {"cpu_threads": 1}})) != cpu  # a set count changes the float sums
     monkeypatch.setattr(runtime, "has_gpu", lambda found=None: True)
     assert params.identity(cfg)["precision"] == "mixed_float16"
     assert run_id(cfg) != cpu  # auto: float16 on a GPU, float32 on a CPU — not the same model

@@ -346,6 +346,13 @@ RUN_SCHEMA = Section(
                 "loss_weights": Section({"gender": F("float", 1.0, min=0.0), "age": F("float", 0.05, min=0.0)}),
                 "mixed_precision": F("choice", "auto", choices=("auto", "on", "off")),
                 "xla": F("bool", False),
+                "cpu_threads": F(
+                    "int",
+                    None,
+                    min=1,
+                    nullable=True,
+                    doc="intra-op threads of the CPU kernels (TensorFlow, PyTorch); float sums depend on it: set it for the same numbers serially and on Dask workers; null = every core serially, the worker's share on Dask",
+                ),
                 "feature_cache": F("bool", True, doc="train on cached frozen-prefix features when possible"),
                 "feature_precision": F(
                     "choice",
@@ -465,7 +472,7 @@ def precision_policy(mixed_precision: str) -> str:
 
 def identity(resolved: Mapping, *, fingerprints: dict | None = None) -> dict:
     """What the run id hashes: the params that change training (not ``name``, ``eval.*``,
-    ``data.root``, nor ``train.mixed_precision`` itself), the data's fingerprint, the Keras backend and the resolved precision policy.
+    ``data.root``, nor ``train.mixed_precision`` itself, nor ``train.cpu_threads`` when null), the data's fingerprint, the Keras backend and the resolved precision policy.
 
     ``fingerprints``: a memo ``{data.root: fingerprint}`` shared by the runs of one study.
     """
@@ -474,6 +481,8 @@ def identity(resolved: Mapping, *, fingerprints: dict | None = None) -> dict:
     body = copy.deepcopy({k: v for k, v in resolved.items() if k not in NOT_IN_RUN_ID})
     body["data"].pop("root")
     body["train"].pop("mixed_precision")  # replaced by the policy it resolves to here
+    if body["train"]["cpu_threads"] is None:
+        body["train"].pop("cpu_threads")  # the default keeps the ids of runs that do not set it
     memo = {} if fingerprints is None else fingerprints
     data = resolved["data"]
     key = json.dumps([data["dataset"], data["synthetic"], data["root"]], sort_keys=True)

@@ -1,4 +1,4 @@
-"""Runtime set-up: seeds, determinism, mixed precision, devices.
+"""Runtime set-up: seeds, determinism, CPU threads, mixed precision, devices.
 
 The ONE module allowed to import a backend framework, and only the active one
 (``keras.backend.backend()``): TensorFlow for op determinism and its device list, JAX or
@@ -10,6 +10,8 @@ training code passes it to ``model.compile(jit_compile=...)``.
 
 from __future__ import annotations
 
+import os
+
 import keras
 
 from facetransfer.errors import ParamError
@@ -17,19 +19,22 @@ from facetransfer.errors import ParamError
 MIXED_PRECISION = ("auto", "on", "off")
 
 
-def configure(seed: int, *, mixed_precision: str = "auto", xla: bool = False) -> dict:
-    """Seed Python, NumPy and the backend; make TensorFlow ops deterministic; set the dtype
-    policy. Call before building a model. Returns ``{backend, devices, mixed_precision, xla}``
-    where ``mixed_precision`` is the policy set (``mixed_float16`` or ``float32``) and ``xla``
-    whether training is XLA-compiled (always under JAX; see :func:`jit_compile`).
+def configure(seed: int, *, mixed_precision: str = "auto", xla: bool = False, cpu_threads: int | None = None) -> dict:
+    """Seed Python, NumPy and the backend; make TensorFlow ops deterministic; set the CPU
+    threads and the dtype policy. Call before building a model. Returns ``{backend, devices,
+    cpu_threads, mixed_precision, xla}`` where ``cpu_threads`` is the backend's intra-op
+    thread count, ``mixed_precision`` the policy set (``mixed_float16`` or ``float32``) and
+    ``xla`` whether training is XLA-compiled (always under JAX; see :func:`jit_compile`).
 
     ``mixed_precision``: ``auto`` = on when a GPU is present, ``on``, ``off``.
+    ``cpu_threads``: see :func:`set_cpu_threads`.
     """
     if mixed_precision not in MIXED_PRECISION:
         raise ParamError("train.mixed_precision", f"{mixed_precision!r} is not allowed; allowed: {', '.join(MIXED_PRECISION)}")
     if not isinstance(xla, bool):
         raise ParamError("train.xla", f"{xla!r} is not true or false")
     backend = keras.backend.backend()
+    threads = set_cpu_threads(cpu_threads)
     keras.utils.set_random_seed(int(seed))
     if backend == "tensorflow":
         import tensorflow as tf
@@ -38,7 +43,49 @@ def configure(seed: int, *, mixed_precision: str = "auto", xla: bool = False) ->
     found = devices()
     policy = dtype_policy(mixed_precision, found)
     keras.config.set_dtype_policy(policy)
-    return {"backend": backend, "devices": found, "mixed_precision": policy, "xla": xla or backend == "jax"}
+    return {"backend": backend, "devices": found, "cpu_threads": threads, "mixed_precision": policy, "xla": xla or backend == "jax"}
+
+
+def set_cpu_threads(cpu_threads: int | None) -> int:
+    """Give the backend's CPU kernels ``cpu_threads`` intra-op threads; returns the count in use.
+
+    A CPU kernel's float sums depend on how many threads split them (TensorFlow's Eigen and
+    oneDNN kernels choose their blocking by the thread count): the same seed gives the same
+    numbers only with the same count. ``None`` keeps the backend's default: every core, or
+    the share a Dask worker sets in ``TF_NUM_INTRAOP_THREADS``/``OMP_NUM_THREADS``. TensorFlow
+    fixes its count when it runs its first op: a different count afterwards is an error.
+    JAX's XLA takes every core (the same serially and on Dask) and has no setting here.
+    """
+    if cpu_threads is not None and (isinstance(cpu_threads, bool) or not isinstance(cpu_threads, int) or cpu_threads < 1):
+        raise ParamError("train.cpu_threads", f"{cpu_threads!r} is not allowed; allowed: an integer >= 1 or null")
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        current = tf.config.threading.get_intra_op_parallelism_threads()
+        if cpu_threads is not None and cpu_threads != current:
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(cpu_threads)
+            except RuntimeError:
+                raise ParamError(
+                    "train.cpu_threads", f"{cpu_threads} cannot be set: TensorFlow in this process already runs with {current or 'its default'} threads"
+                ) from None
+            current = cpu_threads
+        return current or int(os.environ.get("TF_NUM_INTRAOP_THREADS") or 0) or cores()
+    if backend == "torch":
+        import torch
+
+        if cpu_threads is not None:
+            torch.set_num_threads(cpu_threads)
+        return torch.get_num_threads()
+    if cpu_threads is not None:
+        raise ParamError("train.cpu_threads", f"{cpu_threads} is not allowed on {backend}: its XLA uses every core; allowed there: null")
+    return cores()
+
+
+def cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def dtype_policy(mixed_precision: str, found: list[str] | None = None) -> str:

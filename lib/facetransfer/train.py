@@ -319,9 +319,9 @@ def init_age_output(model: keras.Model, targets: dict, log: list[str]) -> None:
 
 
 def configure(cfg: dict) -> dict:
-    """Seed, determinism and dtype policy for ``cfg`` (:func:`facetransfer.runtime.configure`)."""
+    """Seed, determinism, CPU threads and dtype policy for ``cfg`` (:func:`facetransfer.runtime.configure`)."""
     t = cfg["train"]
-    return runtime.configure(cfg["seed"], mixed_precision=t["mixed_precision"], xla=t["xla"])
+    return runtime.configure(cfg["seed"], mixed_precision=t["mixed_precision"], xla=t["xla"], cpu_threads=t["cpu_threads"])
 
 
 def _phases(cfg: dict) -> list[tuple[str, int, int, float]]:
@@ -420,7 +420,7 @@ def fit(model: keras.Model, data, cfg: dict, run_dir, *, results_root, verbose="
     init_age_output(model, data.targets("train"), log)
     weights = sample_weights(cfg, data.targets("train"))
     cache = data.cache
-    _say(log, f"{env['backend']} on {', '.join(env['devices'])}, dtype policy {env['mixed_precision']}, xla {'on' if env['xla'] else 'off'}")
+    _say(log, f"{env['backend']} on {', '.join(env['devices'])}, CPU threads: {env['cpu_threads']}, dtype policy {env['mixed_precision']}, xla {'on' if env['xla'] else 'off'}")
     decoded = "hit: no decoding" if cache.hit else f"built: decoded {len(cache.paths)} images"
     _say(log, f"image cache {decoded} ({cache.seconds:.1f} s, key {cache.key})")
 

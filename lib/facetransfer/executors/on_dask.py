@@ -20,7 +20,9 @@ notebook: those are run failures) is retried ``TASK_RETRIES`` times.
 
 Threads. Every worker limits its backend threads to its share of the host's cores
 (``OMP_NUM_THREADS``, ``TF_NUM_INTRAOP_THREADS`` ... = cores // workers on that host, unless
-already set in the worker's environment); the notebook kernels it starts inherit them.
+already set in the worker's environment); the notebook kernels it starts inherit them. A run
+that sets ``train.cpu_threads`` gives its kernel that many intra-op threads instead, as a
+serial run does (:func:`facetransfer.runtime.set_cpu_threads`): the same numbers.
 """
 
 from __future__ import annotations
