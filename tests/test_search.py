@@ -5,6 +5,7 @@ the search itself; the real trial path runs in the end-to-end study tests.
 """
 
 import inspect
+import os
 
 import pytest
 
@@ -327,3 +328,17 @@ def test_a_killed_parallel_search_resumes_from_its_journal(tmp_path, scored, mon
     assert len(scored) - first <= 3 and len(result.trials) == 6
     states = [t.state for t in optuna.load_study(study_name=name, storage=journal).trials]
     assert states.count(optuna.trial.TrialState.FAIL) == 1 and states.count(optuna.trial.TrialState.COMPLETE) == 6
+
+
+def test_dask_workers_tell_the_search_kernel_their_scheduler(monkeypatch):
+    """facetransfer run's workers set DASK_SCHEDULER_ADDRESS, which the search's kernel (their
+    child) inherits: it then gives its trials to the study's cluster."""
+    from distributed import Client, LocalCluster
+
+    from facetransfer.executors import on_dask
+
+    for name in (search.SCHEDULER_ENV, *on_dask.THREAD_VARS):
+        monkeypatch.setenv(name, "1")  # restored afterwards: the plugin sets them in this process
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as local, Client(local) as client:
+        client.register_plugin(on_dask.ThreadLimits({}))
+        assert os.environ[search.SCHEDULER_ENV] == local.scheduler_address

@@ -290,7 +290,8 @@ class _Trials:
         for cfg in cfgs:  # prepared here first (on disk): building a synthetic set or decoding
             if not self.cached(cfg).exists():  # many images starts processes, which a Dask worker (a daemon) cannot
                 self.data(cfg)
-        futures = [client.submit(_score_task, cfg, self.out_dir, self.results_root, self.metric, self.verbose, pure=False) for cfg in cfgs]
+        # verbose 0: no Keras progress bars from many workers on one console
+        futures = [client.submit(_score_task, cfg, self.out_dir, self.results_root, self.metric, 0, pure=False) for cfg in cfgs]
         return client.gather(futures)
 
 
@@ -449,17 +450,17 @@ def _parallel_optuna(base_params: Mapping, spec: Mapping, seed: int, *, out_dir,
     # Each worker's sampler seed: the spec's seed, the journal's length (a resumed search does
     # not re-propose the values of the run it resumes) and the worker's number.
     seeds = [int(s) for s in np.random.SeedSequence([seed, len(study.trials)]).generate_state(len(shares))]
-    args = (journal, name, base_params, spec, out_dir, results_root, verbose)
+    args = (journal, name, base_params, spec, out_dir, results_root)
     print(f"[optuna] {finished} of {opt['n_trials']} trials already in {journal}; {left} to run by {len(shares)} worker(s)", flush=True)
     start = time.perf_counter()
     with dask_client() as client:
         if client is None:
             print(f"[optuna] no Dask cluster (${SCHEDULER_ENV} unset: facetransfer run --workers/--scheduler sets it): the {len(shares)} workers run one after another here", flush=True)
             for n, worker_seed in zip(shares, seeds, strict=True):
-                _optuna_worker(n, worker_seed, *args)
+                _optuna_worker(n, worker_seed, *args, verbose)
         else:
             _Trials(out_dir, results_root, spec["metric"], verbose).data(trial_params(base_params, spec["set"]))  # see _Trials.score_all
-            client.gather([client.submit(_optuna_worker, n, worker_seed, *args, pure=False) for n, worker_seed in zip(shares, seeds, strict=True)])
+            client.gather([client.submit(_optuna_worker, n, worker_seed, *args, 0, pure=False) for n, worker_seed in zip(shares, seeds, strict=True)])  # 0: see score_all
     print(f"[optuna] {left} trials in {time.perf_counter() - start:.1f} s", flush=True)
     return optuna.load_study(study_name=name, storage=_journal_storage(journal))
 
