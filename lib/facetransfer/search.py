@@ -51,6 +51,7 @@ kept in ``SearchResult.skipped`` and ``best_params.json``; it never trains and i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -296,8 +297,14 @@ class _Trials:
 
 
 def _score_task(cfg: dict, out_dir: Path, results_root: Path, metric: str, verbose) -> dict:
-    """One trial as a Dask task (in a worker process: its own prepared-data cache)."""
-    return _Trials(out_dir, results_root, metric, verbose).score(cfg)
+    """One trial as a Dask task."""
+    return _worker_trials(out_dir, results_root, metric, verbose).score(cfg)
+
+
+@functools.cache
+def _worker_trials(out_dir: Path, results_root: Path, metric: str, verbose) -> _Trials:
+    """A Dask worker's trials runner: its prepared data serves every trial the worker runs."""
+    return _Trials(out_dir, results_root, metric, verbose)
 
 
 @contextmanager
@@ -371,7 +378,7 @@ def optuna_search(base_params: Mapping, spec: Mapping, *, out_dir, results_root,
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if opt["parallel"] == 1:
         study = optuna.create_study(direction=_direction(spec), sampler=_sampler(opt, seed))
-        _optimize(study, opt["n_trials"], base_params, spec, out_dir, results_root, verbose)
+        _optimize(study, opt["n_trials"], base_params, spec, _Trials(out_dir, results_root, spec["metric"], verbose))
     else:
         study = _parallel_optuna(base_params, spec, seed, out_dir=out_dir, results_root=results_root, verbose=verbose)
     done = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: t.number)
@@ -404,11 +411,10 @@ def _shown(values: Mapping) -> dict:
     return {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in values.items()}
 
 
-def _optimize(study, n_trials: int, base_params: Mapping, spec: Mapping, out_dir, results_root, verbose) -> None:
+def _optimize(study, n_trials: int, base_params: Mapping, spec: Mapping, trials: _Trials) -> None:
     """``n_trials`` trials of ``study`` in this process, one text line each (readable in the
     notebook and the report); each trial is scored through the trial cache."""
     opt = spec["optuna"]
-    trials = _Trials(out_dir, results_root, spec["metric"], verbose)
 
     def objective(trial):
         suggested = {}
@@ -472,7 +478,7 @@ def _optuna_worker(n_trials: int, seed: int, journal: Path, name: str, base_para
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=name, storage=_journal_storage(journal), sampler=_sampler(spec["optuna"], seed, parallel=True))
-    _optimize(study, n_trials, base_params, spec, out_dir, results_root, verbose)
+    _optimize(study, n_trials, base_params, spec, _worker_trials(Path(out_dir), Path(results_root), spec["metric"], verbose))
 
 
 def _journal_storage(path: Path):
