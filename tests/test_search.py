@@ -342,3 +342,19 @@ def test_dask_workers_tell_the_search_kernel_their_scheduler(monkeypatch):
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as local, Client(local) as client:
         client.register_plugin(on_dask.ThreadLimits({}))
         assert os.environ[search.SCHEDULER_ENV] == local.scheduler_address
+
+
+def test_an_unreachable_scheduler_is_one_line(tmp_path, scored, monkeypatch):
+    import socket
+
+    from facetransfer.errors import FacetransferError
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    monkeypatch.setenv(search.SCHEDULER_ENV, f"tcp://127.0.0.1:{port}")
+    monkeypatch.setattr(search, "CONNECT_TIMEOUT_S", 1)
+    with pytest.raises(FacetransferError) as err:
+        search.sequential_search(BASE, SPEC, out_dir=tmp_path, results_root=tmp_path)
+    assert f"DASK_SCHEDULER_ADDRESS=tcp://127.0.0.1:{port}: no Dask scheduler answered" in str(err.value) and "\n" not in str(err.value)
+    assert scored == []

@@ -67,7 +67,7 @@ import numpy as np
 import pandas as pd
 
 from facetransfer import params as P
-from facetransfer.errors import ParamError
+from facetransfer.errors import FacetransferError, ParamError
 from facetransfer.io import atomic_write_json, read_json
 
 METRICS = {
@@ -303,7 +303,7 @@ def _score_task(cfg: dict, out_dir: Path, results_root: Path, metric: str, verbo
 
 @functools.cache
 def _worker_trials(out_dir: Path, results_root: Path, metric: str, verbose) -> _Trials:
-    """A Dask worker's trials runner: its prepared data serves every trial the worker runs."""
+    """This process's trials runner (a Dask worker's): its prepared data serves every trial it runs."""
     return _Trials(out_dir, results_root, metric, verbose)
 
 
@@ -316,7 +316,10 @@ def dask_client():
         return
     from distributed import Client
 
-    client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+    try:
+        client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise FacetransferError(f"${SCHEDULER_ENV}={address}: no Dask scheduler answered within {CONNECT_TIMEOUT_S} s ({type(exc).__name__})") from None
     try:
         yield client
     finally:
@@ -460,11 +463,11 @@ def _parallel_optuna(base_params: Mapping, spec: Mapping, seed: int, *, out_dir,
     print(f"[optuna] {finished} of {opt['n_trials']} trials already in {journal}; {left} to run by {len(shares)} worker(s)", flush=True)
     start = time.perf_counter()
     with dask_client() as client:
-        if client is None:
+        if client is None and shares:
             print(f"[optuna] no Dask cluster (${SCHEDULER_ENV} unset: facetransfer run --workers/--scheduler sets it): the {len(shares)} workers run one after another here", flush=True)
             for n, worker_seed in zip(shares, seeds, strict=True):
                 _optuna_worker(n, worker_seed, *args, verbose)
-        else:
+        elif shares:
             _Trials(out_dir, results_root, spec["metric"], verbose).data(trial_params(base_params, spec["set"]))  # see _Trials.score_all
             client.gather([client.submit(_optuna_worker, n, worker_seed, *args, 0, pure=False) for n, worker_seed in zip(shares, seeds, strict=True)])  # 0: see score_all
     print(f"[optuna] {left} trials in {time.perf_counter() - start:.1f} s", flush=True)
