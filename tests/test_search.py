@@ -5,6 +5,7 @@ the search itself; the real trial path runs in the end-to-end study tests.
 """
 
 import inspect
+import os
 
 import pytest
 
@@ -100,6 +101,8 @@ def test_optuna_search_picks_the_best_trial(tmp_path, scored):
         ({"sequential": [{"key": "train.batch_size", "values": [0]}]}, "search.sequential[0].values"),
         ({"set": {"train.epochs": -1}}, "search.set.train.epochs"),
         ({"optuna": {"n_trials": 0, "space": {"train.learning_rate": {"low": 0.1, "high": 1.0}}}}, "search.optuna.n_trials"),
+        ({"optuna": {"parallel": 0, "space": {"train.learning_rate": {"low": 0.1, "high": 1.0}}}}, "search.optuna.parallel"),
+        ({"optuna": {"parallel": 2, "space": {"data.image_size": {"choices": [32, 64]}}}}, "search.optuna.space.data.image_size"),
     ],
 )
 def test_bad_specs_name_the_key_before_any_trial(tmp_path, scored, spec, key):
@@ -223,3 +226,135 @@ def test_val_loss_and_accuracy_score_the_same_returned_model(tmp_path, monkeypat
     cfg = resolve_run({**BASE, "data": {**BASE["data"], "synthetic": {"n": 120, "size": 64}}})
     result = search._Trials(tmp_path / "search", tmp_path / "results", "val.loss", verbose=0)._train(cfg)
     assert result["val_loss"] == result["score"] > 0.1  # an untrained sigmoid's cross-entropy, not the history's 0.001
+
+
+# ----------------------------------------------------------------------------------------
+# concurrency: the step's values and Optuna's trials as tasks on a Dask cluster
+
+
+@pytest.fixture
+def cluster(monkeypatch, scored):
+    """A 2-worker LocalCluster in this process (threads, so the fake training applies in the
+    workers) whose address the search finds where facetransfer run's workers set it. Each
+    training sleeps a little and records its worker and interval; data preparation records
+    where it ran (``cluster.prepared``)."""
+    import threading
+    import time
+
+    from distributed import LocalCluster, get_worker
+
+    fake_train = search._Trials._train
+    lock = threading.Lock()
+
+    def where() -> str:
+        try:
+            return get_worker().address
+        except ValueError:
+            return "here"  # not on a worker
+
+    def slow_train(self, cfg):
+        start = time.monotonic()
+        time.sleep(0.3)
+        result = fake_train(self, cfg)
+        with lock:
+            spans.append((where(), start, time.monotonic()))
+        return result
+
+    class Spans(list):  # (worker, start, end) of every training; .prepared: where data was prepared
+        prepared: list[str]
+
+    spans = Spans()
+    spans.prepared = []
+    monkeypatch.setattr(search._Trials, "_train", slow_train)
+    monkeypatch.setattr(search._Trials, "data", lambda self, cfg: spans.prepared.append(where()))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as local:
+        monkeypatch.setenv(search.SCHEDULER_ENV, local.scheduler_address)
+        yield spans
+
+
+def workers(spans) -> list[str]:
+    return [worker for worker, _, _ in spans]
+
+
+def overlapping(spans) -> bool:
+    return any(a[1] < b[2] and b[1] < a[2] for i, a in enumerate(spans) for b in spans[i + 1 :])
+
+
+def test_a_steps_values_train_concurrently_and_choose_as_serially(tmp_path, monkeypatch, cluster, scored):
+    concurrent = search.sequential_search(BASE, SPEC, out_dir=tmp_path / "dask", results_root=tmp_path)
+    assert len(set(workers(cluster))) == 2 and "here" not in workers(cluster) and overlapping(cluster)
+    assert cluster.prepared == ["here"] * len(scored)  # a worker cannot start processes: data is prepared here
+    trained = len(scored)
+    assert search.sequential_search(BASE, SPEC, out_dir=tmp_path / "dask", results_root=tmp_path).best == concurrent.best
+    assert len(scored) == trained  # a re-run takes every trial from the cache
+    monkeypatch.delenv(search.SCHEDULER_ENV)
+    serial = search.sequential_search(BASE, SPEC, out_dir=tmp_path / "serial", results_root=tmp_path)
+    assert (serial.best, serial.best_score) == (concurrent.best, concurrent.best_score)
+    columns = ["step", "key", "value", "score", "trial_id", "chosen"]
+    assert serial.trials[columns].equals(concurrent.trials[columns])
+
+
+PARALLEL = {
+    "set": {"train.epochs": 2, "train.batch_size": 32},
+    "optuna": {"n_trials": 6, "sampler": "tpe", "n_startup_trials": 2, "seed": 3, "parallel": 2, "space": {"train.learning_rate": {"choices": [0.01, 0.001]}, "model.head.dropout": {"low": 0.0, "high": 0.5}}},
+}
+
+
+def test_optuna_trials_run_concurrently_through_a_journal(tmp_path, cluster, scored):
+    result = search.optuna_search(BASE, PARALLEL, out_dir=tmp_path, results_root=tmp_path)
+    assert len(set(workers(cluster))) == 2 and "here" not in workers(cluster) and overlapping(cluster)
+    assert len(result.trials) == 6 and len(scored) <= 6  # a value proposed twice trains once
+    assert result.best_score == pytest.approx(result.trials["score"].max())
+    assert result.method == "optuna: TPE after 2 random trials (6 trials), 2 at a time"
+    assert (tmp_path / search.JOURNAL).is_file()
+
+
+def test_a_killed_parallel_search_resumes_from_its_journal(tmp_path, scored, monkeypatch, capsys):
+    """What kill -9 after 3 of 6 trials leaves (3 finished, a 4th running): the re-run trains
+    only the 3 trials left, tells the stale one failed, and its result holds 6."""
+    import optuna
+
+    monkeypatch.delenv(search.SCHEDULER_ENV, raising=False)  # the workers take turns here
+    search.optuna_search(BASE, {**PARALLEL, "optuna": {**PARALLEL["optuna"], "n_trials": 3}}, out_dir=tmp_path, results_root=tmp_path)
+    name = search._study_name(BASE, search.validate_spec(PARALLEL, BASE), 3)
+    journal = search._journal_storage(tmp_path / search.JOURNAL)
+    optuna.load_study(study_name=name, storage=journal).ask()  # the trial the killed worker was running
+    first = len(scored)
+    assert 1 <= first <= 3
+    capsys.readouterr()
+    result = search.optuna_search(BASE, PARALLEL, out_dir=tmp_path, results_root=tmp_path)
+    out = capsys.readouterr().out
+    assert "3 of 6 trials already in" in out and "no Dask cluster" in out
+    assert len(scored) - first <= 3 and len(result.trials) == 6
+    states = [t.state for t in optuna.load_study(study_name=name, storage=journal).trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == 1 and states.count(optuna.trial.TrialState.COMPLETE) == 6
+
+
+def test_dask_workers_tell_the_search_kernel_their_scheduler(monkeypatch):
+    """facetransfer run's workers set DASK_SCHEDULER_ADDRESS, which the search's kernel (their
+    child) inherits: it then gives its trials to the study's cluster."""
+    from distributed import Client, LocalCluster
+
+    from facetransfer.executors import on_dask
+
+    for name in (search.SCHEDULER_ENV, *on_dask.THREAD_VARS):
+        monkeypatch.setenv(name, "1")  # restored afterwards: the plugin sets them in this process
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as local, Client(local) as client:
+        client.register_plugin(on_dask.ThreadLimits({}))
+        assert os.environ[search.SCHEDULER_ENV] == local.scheduler_address
+
+
+def test_an_unreachable_scheduler_is_one_line(tmp_path, scored, monkeypatch):
+    import socket
+
+    from facetransfer.errors import FacetransferError
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    monkeypatch.setenv(search.SCHEDULER_ENV, f"tcp://127.0.0.1:{port}")
+    monkeypatch.setattr(search, "CONNECT_TIMEOUT_S", 1)
+    with pytest.raises(FacetransferError) as err:
+        search.sequential_search(BASE, SPEC, out_dir=tmp_path, results_root=tmp_path)
+    assert f"DASK_SCHEDULER_ADDRESS=tcp://127.0.0.1:{port}: no Dask scheduler answered" in str(err.value) and "\n" not in str(err.value)
+    assert scored == []

@@ -23,12 +23,26 @@ The search spec (the study file's ``search:`` section)::
         n_trials: 8
         sampler: tpe                # or random
         n_startup_trials: 2         # TPE's random start-up trials; default n_trials // 3, at least 1
+        parallel: 1                 # trials at a time (default 1: one after another, reproducible)
         space:
           train.learning_rate: {low: 1.0e-5, high: 1.0e-2, log: true}
           model.head.dropout: {low: 0.0, high: 0.5}
           model.head.dense: {choices: [[256], [512, 256]]}
       use: sequential               # what feeds `use_search` runs: sequential | optuna | best
                                     # (default: sequential when the spec has steps, else optuna)
+
+Concurrency. With a Dask cluster at hand (``DASK_SCHEDULER_ADDRESS``, which every worker of
+``facetransfer run --workers N`` / ``--scheduler ADDRESS`` sets, so the search notebook's kernel
+sees it) the values of one sequential step train as concurrent Dask tasks; the step's winner is
+chosen once all have finished, in the values' order, as serially. NOT yet the serial numbers:
+on a Dask worker a trial's scores vary from run to run (Keras draws the default seeds of layers
+and initializers from Python's global ``random``, which the worker's other threads also draw
+from; open, the fix belongs in the model code: explicit seeds). ``search.optuna.parallel: N`` (N > 1) runs N Optuna workers that share a
+``JournalStorage`` file (``<out_dir>/optuna.journal``): N Dask tasks on that cluster, or, without
+one, the same N workers one after another here (said on one line). A killed parallel search
+resumes from the journal: its finished trials count, the trials it left running are told
+failed, and only the rest run. Parallel TPE is not reproducible trial by trial (which trial
+sees which finished ones depends on timing); ``parallel: 1`` is.
 
 Both searches score a trial on the model training returns (with early stopping's
 ``restore_best_weights``: the restored best epoch), ``val.loss`` and ``val.accuracy`` alike.
@@ -39,18 +53,23 @@ kept in ``SearchResult.skipped`` and ``best_params.json``; it never trains and i
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from facetransfer import params as P
-from facetransfer.errors import ParamError
+from facetransfer.errors import FacetransferError, ParamError
 from facetransfer.io import atomic_write_json, read_json
 
 METRICS = {
@@ -62,7 +81,10 @@ METRICS = {
 }
 SPEC_KEYS = ("metric", "set", "sequential", "optuna", "use")
 USES = ("sequential", "optuna", "best")
-OPTUNA_KEYS = ("n_trials", "sampler", "n_startup_trials", "space", "seed")
+OPTUNA_KEYS = ("n_trials", "sampler", "n_startup_trials", "space", "seed", "parallel")
+SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"  # Dask's own variable for the scheduler a Client() connects to
+JOURNAL = "optuna.journal"
+CONNECT_TIMEOUT_S = 30
 
 
 @dataclass
@@ -123,12 +145,18 @@ def validate_spec(spec: Mapping | None, base_params: Mapping) -> dict:
         k = opt.get("n_startup_trials", max(1, n // 3))
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise ParamError("search.optuna.n_startup_trials", f"{k!r} is not an integer >= 0")
-        opt = spec["optuna"] = {**opt, "n_trials": n, "sampler": opt.get("sampler", "tpe"), "n_startup_trials": k}
+        parallel = opt.get("parallel", 1)
+        if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+            raise ParamError("search.optuna.parallel", f"{parallel!r} is not an integer >= 1 (trials at a time; 1: one after another)")
+        opt = spec["optuna"] = {**opt, "n_trials": n, "sampler": opt.get("sampler", "tpe"), "n_startup_trials": k, "parallel": parallel}
         space = opt.get("space") or {}
         if not isinstance(space, Mapping) or not space:
             raise ParamError("search.optuna.space", "must be a mapping naming at least one param")
         for key, dist in space.items():
             _check_run_key(f"search.optuna.space.{key}", key)
+            if parallel > 1 and key.startswith("data.") and key != "data.train_size":
+                # the parallel workers' data is prepared before they start, with the `set` values (see _parallel_optuna)
+                raise ParamError(f"search.optuna.space.{key}", "with search.optuna.parallel > 1 the space may hold no data key but data.train_size; use parallel: 1 or a sequential step")
             _check_distribution(f"search.optuna.space.{key}", key, dist, base)
     use = spec.setdefault("use", "sequential" if steps else "optuna")
     if use not in USES:
@@ -218,24 +246,32 @@ class _Trials:
         self._data: dict[str, Any] = {}
         self._fingerprints: dict = {}  # data fingerprints, computed once per data set
 
+    def cached(self, cfg: dict) -> Path:
+        """Where the trial of ``cfg`` is (or will be) saved."""
+        return self.out_dir / "trials" / f"{P.run_id(cfg, fingerprints=self._fingerprints)}.json"
+
     def score(self, cfg: dict) -> dict:
-        tid = P.run_id(cfg, fingerprints=self._fingerprints)
-        path = self.out_dir / "trials" / f"{tid}.json"
+        path = self.cached(cfg)
         if path.exists():
             return read_json(path)
         result = self._train(cfg)
-        result["trial_id"] = tid
+        result["trial_id"] = path.stem
         atomic_write_json(path, result)
         return result
 
-    def _train(self, cfg: dict) -> dict:
+    def data(self, cfg: dict):
+        """The prepared data of ``cfg``, prepared once per data params."""
         from facetransfer import data as D
-        from facetransfer import evaluate, models, train
 
         key = _data_key(cfg)
         if key not in self._data:
             self._data[key] = D.prepare(cfg, self.results_root)
-        data = self._data[key]
+        return self._data[key]
+
+    def _train(self, cfg: dict) -> dict:
+        from facetransfer import evaluate, models, train
+
+        data = self.data(cfg)
         start = time.perf_counter()
         train.configure(cfg)  # seed first: the initial weights must not depend on the trials before
         model = models.build_model(cfg, results_root=self.results_root)
@@ -248,6 +284,48 @@ class _Trials:
         name, _ = METRICS[self.metric]
         score = loss if name == "loss" else float(val[name])
         return {"score": score, "val": val, "val_loss": loss, "epochs_run": int(len(hist)), "seconds": time.perf_counter() - start}
+
+    def score_all(self, cfgs: list[dict], client) -> list[dict]:
+        """:meth:`score` of every config, in order: as concurrent tasks on ``client``'s Dask
+        cluster (each caches its trial as :meth:`score` does), or one after another without one."""
+        if client is None:
+            return [self.score(cfg) for cfg in cfgs]
+        for cfg in cfgs:  # prepared here first (on disk): building a synthetic set or decoding
+            if not self.cached(cfg).exists():  # many images starts processes, which a Dask worker (a daemon) cannot
+                self.data(cfg)
+        # verbose 0: no Keras progress bars from many workers on one console
+        futures = [client.submit(_score_task, cfg, self.out_dir, self.results_root, self.metric, 0, pure=False) for cfg in cfgs]
+        return client.gather(futures)
+
+
+def _score_task(cfg: dict, out_dir: Path, results_root: Path, metric: str, verbose) -> dict:
+    """One trial as a Dask task."""
+    return _worker_trials(out_dir, results_root, metric, verbose).score(cfg)
+
+
+@functools.cache
+def _worker_trials(out_dir: Path, results_root: Path, metric: str, verbose) -> _Trials:
+    """This process's trials runner (a Dask worker's): its prepared data serves every trial it runs."""
+    return _Trials(out_dir, results_root, metric, verbose)
+
+
+@contextmanager
+def dask_client():
+    """A client of the Dask cluster at $DASK_SCHEDULER_ADDRESS, else None (no Dask imported)."""
+    address = os.environ.get(SCHEDULER_ENV)
+    if not address:
+        yield None
+        return
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise FacetransferError(f"${SCHEDULER_ENV}={address}: no Dask scheduler answered within {CONNECT_TIMEOUT_S} s ({type(exc).__name__})") from None
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 def _better(metric: str, a: float, b: float | None) -> bool:
@@ -263,33 +341,36 @@ def sequential_search(base_params: Mapping, spec: Mapping, *, out_dir, results_r
     best: dict[str, Any] = dict(spec["set"])
     rows, skipped = [], []
     best_score = None
-    for step_no, step in enumerate(spec["sequential"], start=1):
-        step_best, step_score = None, None
-        for value in step["values"]:
-            try:
-                cfg = trial_params(base_params, {**best, step["key"]: value})
-            except P.CannotLearn as exc:
-                skipped.append({"key": step["key"], "value": value, "reason": str(exc)})
-                print(f"[search] skip {step['key']}={json.dumps(value)}: {exc}", flush=True)
-                continue
-            res = trials.score(cfg)
-            rows.append({"step": step_no, "key": step["key"], "value": json.dumps(value), "score": res["score"], "val_loss": res["val_loss"], "epochs": res["epochs_run"], "seconds": res["seconds"], "trial_id": res["trial_id"]})
-            if _better(spec["metric"], res["score"], step_score):
-                step_best, step_score = value, res["score"]
-        if step_score is None:
-            raise ParamError(f"search.sequential[{step_no - 1}].values", f"no value of {step['key']} can learn with the values chosen before it: {skipped[-1]['reason']}")
-        best[step["key"]] = step_best
-        best_score = step_score
-        rows_step = [r for r in rows if r["step"] == step_no]
-        for r in rows_step:
-            r["chosen"] = r["value"] == json.dumps(step_best)
+    with dask_client() as client:
+        for step_no, step in enumerate(spec["sequential"], start=1):
+            values, cfgs = [], []
+            for value in step["values"]:
+                try:
+                    cfgs.append(trial_params(base_params, {**best, step["key"]: value}))
+                    values.append(value)
+                except P.CannotLearn as exc:
+                    skipped.append({"key": step["key"], "value": value, "reason": str(exc)})
+                    print(f"[search] skip {step['key']}={json.dumps(value)}: {exc}", flush=True)
+            step_best, step_score = None, None
+            for value, res in zip(values, trials.score_all(cfgs, client), strict=True):  # the step's values are independent trials
+                rows.append({"step": step_no, "key": step["key"], "value": json.dumps(value), "score": res["score"], "val_loss": res["val_loss"], "epochs": res["epochs_run"], "seconds": res["seconds"], "trial_id": res["trial_id"]})
+                if _better(spec["metric"], res["score"], step_score):
+                    step_best, step_score = value, res["score"]
+            if step_score is None:
+                raise ParamError(f"search.sequential[{step_no - 1}].values", f"no value of {step['key']} can learn with the values chosen before it: {skipped[-1]['reason']}")
+            best[step["key"]] = step_best
+            best_score = step_score
+            rows_step = [r for r in rows if r["step"] == step_no]
+            for r in rows_step:
+                r["chosen"] = r["value"] == json.dumps(step_best)
     table = pd.DataFrame(rows)
     score = float("nan") if best_score is None else best_score
     return SearchResult("sequential", spec["metric"], table, best, score, trial_params(base_params, best), skipped)
 
 
 def optuna_search(base_params: Mapping, spec: Mapping, *, out_dir, results_root, verbose=0) -> SearchResult:
-    """Random or TPE search with Optuna over ``spec['optuna']['space']``."""
+    """Random or TPE search with Optuna over ``spec['optuna']['space']``; ``parallel`` trials
+    at a time through a shared journal file when ``search.optuna.parallel`` > 1."""
     import optuna
 
     spec = validate_spec(spec, base_params)
@@ -297,45 +378,129 @@ def optuna_search(base_params: Mapping, spec: Mapping, *, out_dir, results_root,
     if opt is None:
         raise ParamError("search.optuna", "is not set in this study")
     seed = int(opt.get("seed", base_params.get("seed", 0) or 0))
-    if opt["sampler"] == "tpe":
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=opt["n_startup_trials"])
-    else:
-        sampler = optuna.samplers.RandomSampler(seed=seed)
-    method = f"optuna: {sampler_description(opt)}"
+    method = f"optuna: {sampler_description(opt)}" + (f", {opt['parallel']} at a time" if opt["parallel"] > 1 else "")
     print(f"[optuna] {method}", flush=True)
-    direction = "maximize" if METRICS[spec["metric"]][1] else "minimize"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction=direction, sampler=sampler)
-    trials = _Trials(out_dir, results_root, spec["metric"], verbose)
-    rows = []
+    if opt["parallel"] == 1:
+        study = optuna.create_study(direction=_direction(spec), sampler=_sampler(opt, seed))
+        _optimize(study, opt["n_trials"], base_params, spec, _Trials(out_dir, results_root, spec["metric"], verbose))
+    else:
+        study = _parallel_optuna(base_params, spec, seed, out_dir=out_dir, results_root=results_root, verbose=verbose)
+    done = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)), key=lambda t: t.number)
+    rows = [{"trial": t.number, **_shown(_values(t.params, spec)), "score": t.value, "seconds": t.user_attrs["seconds"], "trial_id": t.user_attrs["trial_id"]} for t in done]
+    best = {**spec["set"], **_values(study.best_trial.params, spec)}
+    return SearchResult(method, spec["metric"], pd.DataFrame(rows), best, float(study.best_value), trial_params(base_params, best))
+
+
+def _direction(spec: Mapping) -> str:
+    return "maximize" if METRICS[spec["metric"]][1] else "minimize"
+
+
+def _sampler(opt: Mapping, seed: int, *, parallel: bool = False):
+    """The spec's sampler; in parallel, TPE treats the trials still running as their worst
+    value (``constant_liar``) so that concurrent workers do not propose the same values."""
+    import optuna
+
+    if opt["sampler"] == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=opt["n_startup_trials"], constant_liar=parallel)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _values(suggested: Mapping, spec: Mapping) -> dict:
+    """Run-param values of an Optuna trial's params (categorical choices travel as JSON text)."""
+    space = spec["optuna"]["space"]
+    return {key: json.loads(value) if "choices" in space[key] else value for key, value in suggested.items()}
+
+
+def _shown(values: Mapping) -> dict:
+    return {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in values.items()}
+
+
+def _optimize(study, n_trials: int, base_params: Mapping, spec: Mapping, trials: _Trials) -> None:
+    """``n_trials`` trials of ``study`` in this process, one text line each (readable in the
+    notebook and the report); each trial is scored through the trial cache."""
+    opt = spec["optuna"]
 
     def objective(trial):
-        values = dict(spec["set"])
+        suggested = {}
         for key, dist in opt["space"].items():
             if "choices" in dist:
-                choices = [json.dumps(c) for c in dist["choices"]]
-                values[key] = json.loads(trial.suggest_categorical(key, choices))
+                suggested[key] = trial.suggest_categorical(key, [json.dumps(c) for c in dist["choices"]])
             elif isinstance(dist["low"], int) and isinstance(dist["high"], int):
-                values[key] = trial.suggest_int(key, dist["low"], dist["high"], log=bool(dist.get("log")))
+                suggested[key] = trial.suggest_int(key, dist["low"], dist["high"], log=bool(dist.get("log")))
             else:
-                values[key] = trial.suggest_float(key, float(dist["low"]), float(dist["high"]), log=bool(dist.get("log")))
-        cfg = trial_params(base_params, values)
-        res = trials.score(cfg)
-        shown = {k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in values.items() if k in opt["space"]}
-        rows.append({"trial": trial.number, **shown, "score": res["score"], "seconds": res["seconds"], "trial_id": res["trial_id"]})
+                suggested[key] = trial.suggest_float(key, float(dist["low"]), float(dist["high"]), log=bool(dist.get("log")))
+        res = trials.score(trial_params(base_params, {**spec["set"], **_values(suggested, spec)}))
+        trial.set_user_attr("seconds", res["seconds"])
+        trial.set_user_attr("trial_id", res["trial_id"])
         return res["score"]
 
-    n_trials = opt["n_trials"]
-
-    def progress(study, trial):  # one text line per trial: readable in the notebook and the report
-        print(f"[optuna] trial {trial.number + 1}/{n_trials}: {spec['metric']} {trial.value:.4f} (best {study.best_value:.4f})", flush=True)
+    def progress(study, trial):
+        print(f"[optuna] trial {trial.number + 1}/{opt['n_trials']}: {spec['metric']} {trial.value:.4f} (best {study.best_value:.4f})", flush=True)
 
     study.optimize(objective, n_trials=n_trials, callbacks=[progress])
-    best = dict(spec["set"])
-    for key, value in study.best_trial.params.items():
-        dist = opt["space"][key]
-        best[key] = json.loads(value) if "choices" in dist else value
-    return SearchResult(method, spec["metric"], pd.DataFrame(rows), best, float(study.best_value), trial_params(base_params, best))
+
+
+def _parallel_optuna(base_params: Mapping, spec: Mapping, seed: int, *, out_dir, results_root, verbose):
+    """``parallel`` Optuna workers sharing ``<out_dir>/optuna.journal``: Dask tasks on the
+    cluster at $DASK_SCHEDULER_ADDRESS, else one after another in this process. Resumes the
+    journal's study of this spec: its finished trials count; those a killed search left
+    running are told failed. Returns the study, every worker done."""
+    import optuna
+
+    opt = spec["optuna"]
+    journal = Path(out_dir) / JOURNAL
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    name = _study_name(base_params, spec, seed)
+    study = optuna.create_study(study_name=name, storage=_journal_storage(journal), direction=_direction(spec), load_if_exists=True)
+    for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(stale.number, state=optuna.trial.TrialState.FAIL)
+    finished = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    left = max(0, opt["n_trials"] - finished)
+    shares = [n for n in (left // opt["parallel"] + (i < left % opt["parallel"]) for i in range(opt["parallel"])) if n]
+    # Each worker's sampler seed: the spec's seed, the journal's length (a resumed search does
+    # not re-propose the values of the run it resumes) and the worker's number.
+    seeds = [int(s) for s in np.random.SeedSequence([seed, len(study.trials)]).generate_state(len(shares))]
+    args = (journal, name, base_params, spec, out_dir, results_root)
+    print(f"[optuna] {finished} of {opt['n_trials']} trials already in {journal}; {left} to run by {len(shares)} worker(s)", flush=True)
+    start = time.perf_counter()
+    with dask_client() as client:
+        if client is None and shares:
+            print(f"[optuna] no Dask cluster (${SCHEDULER_ENV} unset: facetransfer run --workers/--scheduler sets it): the {len(shares)} workers run one after another here", flush=True)
+            for n, worker_seed in zip(shares, seeds, strict=True):
+                _optuna_worker(n, worker_seed, *args, verbose)
+        elif shares:
+            _Trials(out_dir, results_root, spec["metric"], verbose).data(trial_params(base_params, spec["set"]))  # see _Trials.score_all
+            client.gather([client.submit(_optuna_worker, n, worker_seed, *args, 0, pure=False) for n, worker_seed in zip(shares, seeds, strict=True)])  # 0: see score_all
+    print(f"[optuna] {left} trials in {time.perf_counter() - start:.1f} s", flush=True)
+    return optuna.load_study(study_name=name, storage=_journal_storage(journal))
+
+
+def _optuna_worker(n_trials: int, seed: int, journal: Path, name: str, base_params: Mapping, spec: Mapping, out_dir, results_root, verbose) -> None:
+    """One parallel Optuna worker (a Dask task, or a call here): ``n_trials`` trials of the
+    journal's study, with its own seeded sampler."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=name, storage=_journal_storage(journal), sampler=_sampler(spec["optuna"], seed, parallel=True))
+    _optimize(study, n_trials, base_params, spec, _worker_trials(Path(out_dir), Path(results_root), spec["metric"], verbose))
+
+
+def _journal_storage(path: Path):
+    """Optuna's journal storage on a file every worker sees (its own lock serialises writes)."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def _study_name(base_params: Mapping, spec: Mapping, seed: int) -> str:
+    """The journal's study of this search: a changed space, sampler, metric, base or seed is a
+    new study; ``n_trials`` and ``parallel`` are not (a resumed search may run more trials, on
+    more or fewer workers)."""
+    opt = {k: v for k, v in spec["optuna"].items() if k not in ("n_trials", "parallel")}
+    what = json.dumps({"base": base_params, "set": spec["set"], "metric": spec["metric"], "optuna": opt, "seed": seed}, sort_keys=True, default=str)
+    return "search-" + hashlib.sha1(what.encode()).hexdigest()[:12]
 
 
 def chosen(spec: Mapping, sequential: SearchResult | None, optuna: SearchResult | None) -> SearchResult:

@@ -23,6 +23,10 @@ Threads. Every worker limits its backend threads to its share of the host's core
 already set in the worker's environment); the notebook kernels it starts inherit them. A run
 that sets ``train.cpu_threads`` gives its kernel that many intra-op threads instead, as a
 serial run does (:func:`facetransfer.runtime.set_cpu_threads`): the same numbers.
+
+Search. Every worker also sets ``DASK_SCHEDULER_ADDRESS`` to its scheduler, so the search
+notebook's kernel submits its trials to this cluster (:mod:`facetransfer.search`); the search
+task secedes from its worker's thread slot meanwhile, leaving it to the trials.
 """
 
 from __future__ import annotations
@@ -34,13 +38,14 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import dask
-from distributed import Client, LocalCluster, as_completed, get_worker
+from distributed import Client, LocalCluster, as_completed, get_worker, rejoin, secede
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from facetransfer.errors import FacetransferError, StudyBusyError
 from facetransfer.executors import say
 from facetransfer.io import StudyLock
 from facetransfer.runner import Outcome, _one_line, execute_node, fail_run
+from facetransfer.search import SCHEDULER_ENV
 
 CONNECT_TIMEOUT_S = 10
 TASK_RETRIES = 1
@@ -62,7 +67,8 @@ def worker_env(threads: int) -> dict[str, str]:
 
 class ThreadLimits(WorkerPlugin):
     """Sets :func:`worker_env` in a worker (values already in its environment win) before
-    it starts any notebook kernel: cores of its host // the workers on that host."""
+    it starts any notebook kernel: cores of its host // the workers on that host; and
+    ``DASK_SCHEDULER_ADDRESS``, the cluster a search's kernel gives its trials to."""
 
     name = "facetransfer-thread-limits"
 
@@ -73,6 +79,7 @@ class ThreadLimits(WorkerPlugin):
         on_host = self.workers_per_host.get(urlparse(worker.address).hostname, 1)
         for name, value in worker_env(max(1, _cores() // on_host)).items():
             os.environ.setdefault(name, value)
+        os.environ[SCHEDULER_ENV] = worker.scheduler.address
 
 
 def run_node_task(node, context, *needed):
@@ -86,10 +93,16 @@ def run_node_task(node, context, *needed):
     worker = get_worker()
     lines: list[str] = []
     lock = _node_lock(node.execution.out_dir)
+    seceded = False
     try:
         worker.log_event(TOPIC, {"node": node.label, "worker": worker.address})
+        if node.key == "search":  # its kernel waits for its trials, tasks on this cluster: free the slot
+            secede()
+            seceded = True
         outcome = execute_node(node, context, {key: outcome for key, outcome, _ in needed}, lines.append)
     finally:
+        if seceded:
+            rejoin()
         lock.release()
     return node.key, outcome, lines
 
