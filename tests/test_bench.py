@@ -151,6 +151,7 @@ def test_frozen_case_times_keras_guide_and_the_limit(result):
     assert limit["seconds"] == pytest.approx(limit["forward_seconds"] + limit["head_seconds"])
     assert _positive(limit["forward_seconds"]) and _positive(limit["head_seconds"]) and 0.0 <= limit["val_accuracy"] <= 1.0
     assert frozen["efficiency"] == pytest.approx(limit["seconds"] / ft["seconds"])
+    assert frozen["efficiency_cpu"] == pytest.approx(limit["cpu_seconds"] / ft["cpu_seconds"])
     assert "limit" not in res["cases"]["compact_full"] and "keras_guide" not in res["cases"]["compact_full"]  # nothing frozen
     text = bench.format_text(res)
     assert "vs keras-guide" in text and "efficiency" in text and "limit " in text
@@ -200,14 +201,14 @@ def test_against_limit_table():
     limit = {**_side(7.5, 8.0), "forward_seconds": 5.0, "head_seconds": 2.5, "images": 1000}
     frozen = {
         "label": "(a) VGG16 frozen", "baseline": _side(120.0, 108.0), "facetransfer": ft, "ratio": 12.0, "ratio_cpu": 9.0,
-        "keras_guide": _side(40.0, 36.0), "vs_keras_guide": bench.speedup(_side(40.0, 36.0), ft), "limit": limit, "efficiency": 0.75,
+        "keras_guide": _side(40.0, 36.0), "vs_keras_guide": bench.speedup(_side(40.0, 36.0), ft), "limit": limit, "efficiency": 0.75, "efficiency_cpu": 8.0 / 12.0,
     }
     no_tf = dict(frozen, label="(b) VGG16 last_block", keras_guide={"unavailable": "unavailable: needs TensorFlow"}, vs_keras_guide=bench.speedup({"unavailable": "x"}, ft))
     lines = bench.format_against_limit({"a": frozen, "b": no_tf, "c": {"label": "(c) compact CNN full"}})
     rows = [line.split() for line in lines if line.startswith("(")]  # (c) has no frozen prefix: no row
     assert rows == [
-        ["(a)", "VGG16", "frozen", "120.0", "40.0", "10.0", "7.5", "12.0x", "(9.0x)", "4.0x", "(3.0x)", "75%"],
-        ["(b)", "VGG16", "last_block", "120.0", "n/a", "10.0", "7.5", "12.0x", "(9.0x)", "n/a", "75%"],
+        ["(a)", "VGG16", "frozen", "120.0", "40.0", "10.0", "7.5", "12.0x", "(9.0x)", "4.0x", "(3.0x)", "75%", "(67%)"],
+        ["(b)", "VGG16", "last_block", "120.0", "n/a", "10.0", "7.5", "12.0x", "(9.0x)", "n/a", "75%", "(67%)"],
     ]
     assert "  (a) VGG16 frozen: limit 7.5 s = forward 5.0 s (1000 images, 200 img/s) + trainable rest 2.5 s; facetransfer 10.0 s" in "\n".join(lines)
     assert "  (b) VGG16 last_block: keras-guide not run: unavailable: needs TensorFlow" in lines
