@@ -2,10 +2,12 @@
 
 import json
 import math
+import sys
 
+import numpy as np
 import pytest
 
-from facetransfer import bench
+from facetransfer import bench, pipelines
 from facetransfer.errors import FacetransferError
 
 pytestmark = pytest.mark.slow  # one tiny bench run, about 30 s on 2 cores
@@ -132,7 +134,82 @@ def test_unknown_case_is_a_one_line_error():
 
 def test_a_missing_baseline_is_reported_not_a_crash(result):
     res, _ = result
-    assert bench.baseline_unavailable() is None  # this Keras ships the legacy ImageDataGenerator
+    assert pipelines.baseline_unavailable() is None  # this Keras ships the legacy ImageDataGenerator
     case = dict(res["cases"]["compact_full"], baseline={"unavailable": "no legacy ImageDataGenerator"}, ratio=None, ratio_cpu=None, target_met=None)
     text = bench.format_text(dict(res, cases={"compact_full": case}))
     assert "baseline not run: no legacy ImageDataGenerator" in text
+
+
+def test_frozen_case_times_keras_guide_and_the_limit(result):
+    res, _ = result
+    frozen, ft = res["cases"]["vgg16_frozen"], res["cases"]["vgg16_frozen"]["facetransfer"]
+    guide, limit = frozen["keras_guide"], frozen["limit"]
+    assert _positive(guide["seconds"]) and len(guide["epoch_seconds"]) == 1 and 0.0 <= guide["val_accuracy"] <= 1.0
+    assert frozen["vs_keras_guide"]["ratio"] == pytest.approx(guide["seconds"] / ft["seconds"])
+    assert frozen["vs_keras_guide"]["ratio_cpu"] == pytest.approx(guide["cpu_seconds"] / ft["cpu_seconds"])
+    assert limit["images"] == frozen["n_train"] + frozen["n_val"]
+    assert limit["seconds"] == pytest.approx(limit["forward_seconds"] + limit["head_seconds"])
+    assert _positive(limit["forward_seconds"]) and _positive(limit["head_seconds"]) and 0.0 <= limit["val_accuracy"] <= 1.0
+    assert frozen["efficiency"] == pytest.approx(limit["seconds"] / ft["seconds"])
+    assert frozen["efficiency_cpu"] == pytest.approx(limit["cpu_seconds"] / ft["cpu_seconds"])
+    assert "limit" not in res["cases"]["compact_full"] and "keras_guide" not in res["cases"]["compact_full"]  # nothing frozen
+    text = bench.format_text(res)
+    assert "vs keras-guide" in text and "efficiency" in text and "limit " in text
+
+
+def _jpegs(folder, colours):
+    from PIL import Image
+
+    paths = []
+    for i, colour in enumerate(colours):
+        paths.append(folder / f"{i}.jpg")
+        Image.new("RGB", (12, 10), colour).save(paths[-1], quality=95)
+    return paths
+
+
+def test_keras_guide_dataset_decodes_once_and_reshuffles_each_epoch(tmp_path):
+    import pandas as pd
+
+    greys = [(10 * i, 10 * i, 10 * i) for i in range(8)]
+    frame = pd.DataFrame({"path": _jpegs(tmp_path, greys), "gender": np.arange(8, dtype=np.float32)})
+    cfg = {"seed": 0, "data": {"image_size": 4}, "train": {"batch_size": 3}}
+    batches = list(pipelines.keras_guide_dataset(frame, cfg, shuffle=False))
+    assert [tuple(x.shape) for x, _ in batches] == [(3, 4, 4, 3), (3, 4, 4, 3), (2, 4, 4, 3)]
+    labels = np.concatenate([y["gender"].numpy() for _, y in batches])
+    pixels = np.concatenate([x.numpy()[:, 0, 0, 0] for x, _ in batches])
+    assert labels.tolist() == list(range(8)) and np.allclose(pixels, [g[0] for g in greys], atol=3)  # 0..255, resized whole
+    shuffled = pipelines.keras_guide_dataset(frame, cfg, shuffle=True)
+    first = np.concatenate([y["gender"].numpy() for _, y in shuffled])
+    for path in frame["path"]:
+        path.unlink()  # .cache(): the second epoch reads no file
+    second = np.concatenate([y["gender"].numpy() for _, y in shuffled])
+    assert sorted(first) == sorted(second) == list(range(8)) and first.tolist() != second.tolist()
+
+
+def test_keras_guide_without_tensorflow_is_one_line(monkeypatch):
+    assert pipelines.keras_guide_unavailable() is None
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # import tensorflow now raises ImportError
+    assert pipelines.keras_guide_unavailable() == "unavailable: needs TensorFlow (tf.data), which is not installed"
+
+
+def _side(seconds, cpu):
+    return {"seconds": seconds, "cpu_seconds": cpu}
+
+
+def test_against_limit_table():
+    ft = {**_side(10.0, 12.0), "decode_seconds": 0.5, "feature_seconds": 6.0}
+    limit = {**_side(7.5, 8.0), "forward_seconds": 5.0, "head_seconds": 2.5, "images": 1000}
+    frozen = {
+        "label": "(a) VGG16 frozen", "baseline": _side(120.0, 108.0), "facetransfer": ft, "ratio": 12.0, "ratio_cpu": 9.0,
+        "keras_guide": _side(40.0, 36.0), "vs_keras_guide": bench.speedup(_side(40.0, 36.0), ft), "limit": limit, "efficiency": 0.75, "efficiency_cpu": 8.0 / 12.0,
+    }
+    no_tf = dict(frozen, label="(b) VGG16 last_block", keras_guide={"unavailable": "unavailable: needs TensorFlow"}, vs_keras_guide=bench.speedup({"unavailable": "x"}, ft))
+    lines = bench.format_against_limit({"a": frozen, "b": no_tf, "c": {"label": "(c) compact CNN full"}})
+    rows = [line.split() for line in lines if line.startswith("(")]  # (c) has no frozen prefix: no row
+    assert rows == [
+        ["(a)", "VGG16", "frozen", "120.0", "40.0", "10.0", "7.5", "12.0x", "(9.0x)", "4.0x", "(3.0x)", "75%", "(67%)"],
+        ["(b)", "VGG16", "last_block", "120.0", "n/a", "10.0", "7.5", "12.0x", "(9.0x)", "n/a", "75%", "(67%)"],
+    ]
+    assert "  (a) VGG16 frozen: limit 7.5 s = forward 5.0 s (1000 images, 200 img/s) + trainable rest 2.5 s; facetransfer 10.0 s" in "\n".join(lines)
+    assert "  (b) VGG16 last_block: keras-guide not run: unavailable: needs TensorFlow" in lines
+    assert bench.format_against_limit({"c": {"label": "(c)"}}) == []

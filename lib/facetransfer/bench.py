@@ -1,4 +1,4 @@
-"""``facetransfer bench``: the seed-style pipeline and facetransfer's, side by side.
+"""``facetransfer bench``: facetransfer against the seed-style and keras-guide pipelines and the limit.
 
 The studies we reproduce fed Keras from ``ImageDataGenerator().flow_from_dataframe``:
 every epoch re-decoded every JPEG and pushed every image through the frozen layers.
@@ -17,6 +17,13 @@ split (CelebA's own partition), batch size and number of epochs:
 - ``facetransfer``: ``data.prepare`` with a cold image cache (loading the labels,
   decoding every JPEG once) + ``models.build_model`` + ``train.fit`` with a cold feature
   cache. The one-time caching is inside facetransfer's time.
+
+Cases with a frozen prefix ((a), (b)) also time, in the same process, the pipeline a
+competent Keras user writes today after the Keras transfer-learning guide (``keras-guide``:
+tf.data decoding each JPEG once with ``.cache().prefetch()``, the whole model in
+``model.fit``) and the physical limit of the run (the frozen prefix forward once per image
+plus the trainable rest's epochs, all in memory): facetransfer's speed-up against both
+pipelines and its efficiency, limit time / facetransfer time (:mod:`facetransfer.pipelines`).
 
 Both wall time and CPU time (this process and its finished children, e.g. the decoder
 workers) are recorded: on a machine shared with other work the CPU-time ratio is the
@@ -55,7 +62,9 @@ from pathlib import Path
 
 import numpy as np
 
+from facetransfer import pipelines
 from facetransfer.errors import FacetransferError
+from facetransfer.pipelines import Clock, final_val_accuracy
 
 
 @dataclass(frozen=True)
@@ -187,109 +196,6 @@ def case_params(case: Case, sizes: Sizes, root: Path, weights_file: Path, **chan
     return P.resolve_run(raw)
 
 
-class Clock:
-    """Wall time and CPU time (this process + its waited-for children) since creation."""
-
-    def __init__(self):
-        self.wall, self.cpu = time.perf_counter(), self._cpu()
-
-    @staticmethod
-    def _cpu() -> float:
-        t = os.times()
-        return t.user + t.system + t.children_user + t.children_system
-
-    def read(self) -> dict:
-        return {"seconds": time.perf_counter() - self.wall, "cpu_seconds": self._cpu() - self.cpu}
-
-
-# ---------------------------------------------------------------- the seed-style pipeline
-
-
-def legacy_image_data_generator():
-    """Keras' legacy ``ImageDataGenerator`` class (Keras 3 keeps it, numpy + Pillow only).
-
-    It is public as ``tf.keras.preprocessing.image.ImageDataGenerator`` and lives in
-    ``keras.src.legacy.preprocessing.image``; a FacetransferError if this Keras has neither.
-    """
-    try:
-        from keras.src.legacy.preprocessing.image import ImageDataGenerator
-    except ImportError:
-        try:
-            from keras._tf_keras.keras.preprocessing.image import ImageDataGenerator
-        except ImportError as exc:
-            raise FacetransferError(f"bench: this Keras has no legacy ImageDataGenerator ({exc}); the seed-style baseline cannot run") from exc
-    return ImageDataGenerator
-
-
-def baseline_unavailable() -> str | None:
-    """Why the seed-style baseline cannot run here (None when it can)."""
-    try:
-        legacy_image_data_generator()
-    except FacetransferError as exc:
-        return str(exc)
-    return None
-
-
-def seed_style_flow(frame, cfg: dict, *, shuffle: bool):
-    """``ImageDataGenerator().flow_from_dataframe`` over ``frame`` (path, gender), dict targets."""
-    import keras
-
-    size = cfg["data"]["image_size"]
-    flow = legacy_image_data_generator()().flow_from_dataframe(
-        frame,
-        x_col="path",
-        y_col="gender",
-        class_mode="raw",
-        target_size=(size, size),
-        batch_size=cfg["train"]["batch_size"],
-        shuffle=shuffle,
-        seed=cfg["seed"],
-    )
-
-    class DictTargets(keras.utils.PyDataset):
-        """The flow's ``(x, y)`` as ``(x, {"gender": y})`` (facetransfer models have dict outputs)."""
-
-        def __len__(self):
-            return len(flow)
-
-        def __getitem__(self, i):
-            x, y = flow[i]
-            return x, {"gender": np.asarray(y, dtype=np.float32)}
-
-        def on_epoch_end(self):
-            flow.on_epoch_end()
-
-    return DictTargets()
-
-
-def run_baseline(cfg: dict, records) -> dict:
-    """Seed style: build, compile and ``model.fit`` the whole model on JPEGs decoded every epoch."""
-    from facetransfer import models, train
-
-    frame = records[["path", "gender", "split"]].assign(gender=lambda f: f["gender"].astype(np.float32))
-    clock = Clock()
-    train.configure(cfg)
-    model = models.build_model(cfg)
-    train.compile_model(model, cfg, cfg["train"]["learning_rate"])
-    recorder = train.EpochLog("final")
-    model.fit(
-        seed_style_flow(frame[frame["split"] == "train"], cfg, shuffle=True),
-        validation_data=seed_style_flow(frame[frame["split"] == "val"], cfg, shuffle=False),
-        epochs=cfg["train"]["epochs"],
-        callbacks=[recorder],
-        verbose=0,
-    )
-    return {**clock.read(), "epoch_seconds": [r["seconds"] for r in recorder.rows], "val_accuracy": final_val_accuracy(recorder.rows)}
-
-
-def final_val_accuracy(rows: list[dict]) -> float | None:
-    """The last epoch's validation accuracy (``val_accuracy`` or ``val_gender_accuracy``)."""
-    if not rows:
-        return None
-    keys = [k for k in rows[-1] if k.startswith("val_") and k.endswith("accuracy")]
-    return float(rows[-1][keys[0]]) if keys else None
-
-
 # ---------------------------------------------------------------- facetransfer
 
 
@@ -371,10 +277,10 @@ def run_case(case: Case, sizes: Sizes, root: Path, weights_file: Path, scratch: 
     n_train, n_val = len(prepared.rows("train")), len(prepared.rows("val"))
     images = (n_train + n_val) * sizes.epochs  # train + validation images the fit goes through
     ft["images_per_s"] = images / ft["seconds"]
-    missing = baseline_unavailable()
+    missing = pipelines.baseline_unavailable()
     if missing is None:
         say(f"{case.label}: seed-style baseline (ImageDataGenerator.flow_from_dataframe, whole model) …")
-        base = run_baseline(cfg, prepared.records)
+        base = pipelines.run_baseline(cfg, prepared.records)
         base["images_per_s"] = images / base["seconds"]
         keras.backend.clear_session()
     else:
@@ -397,6 +303,7 @@ def run_case(case: Case, sizes: Sizes, root: Path, weights_file: Path, scratch: 
     }
     if ft["used_feature_cache"]:
         out["bfloat16"] = bfloat16_variant(case, sizes, root, weights_file, scratch, base, images, say)
+        out.update(guide_and_limit(case, cfg, prepared, ft, images, say))
     if case.strategy == "full":
         say(f"{case.label}: input pipeline vs model only (in-memory numpy array), alternating epochs …")
         seconds = run_pipeline_vs_model_only(cfg, prepared)
@@ -426,14 +333,47 @@ def bfloat16_variant(case: Case, sizes: Sizes, root: Path, weights_file: Path, s
     return {"facetransfer": ft, "native_bfloat16": runtime.native_bfloat16(), **ratios(base, ft, case, sizes)}
 
 
+def guide_and_limit(case: Case, cfg: dict, prepared, ft: dict, images: int, say) -> dict:
+    """The keras-guide pipeline and the limit of a case with a frozen prefix: facetransfer's
+    speed-up against the first (``vs_keras_guide``), its ``efficiency`` (limit / facetransfer
+    wall seconds; ``efficiency_cpu`` in CPU seconds) against the second."""
+    import keras
+
+    missing = pipelines.keras_guide_unavailable()
+    if missing is None:
+        say(f"{case.label}: keras-guide pipeline (tf.data .cache().prefetch(), whole model) …")
+        guide = pipelines.run_keras_guide(cfg, prepared.records)
+        guide["images_per_s"] = images / guide["seconds"]
+        keras.backend.clear_session()
+    else:
+        say(f"{case.label}: NO keras-guide pipeline: {missing}")
+        guide = {"unavailable": missing}
+    say(f"{case.label}: the limit (frozen prefix once per image + the trainable rest's epochs, in memory) …")
+    limit = pipelines.run_limit(cfg, prepared)
+    keras.backend.clear_session()
+    return {
+        "keras_guide": guide,
+        "vs_keras_guide": speedup(guide, ft),
+        "limit": limit,
+        "efficiency": limit["seconds"] / ft["seconds"],
+        "efficiency_cpu": limit["cpu_seconds"] / ft["cpu_seconds"],
+    }
+
+
+def speedup(other: dict, ft: dict) -> dict:
+    """``{ratio, ratio_cpu}``: ``other``'s wall and CPU seconds over facetransfer's; None
+    each when ``other`` did not run (``{"unavailable": why}``)."""
+    if "unavailable" in other:
+        return {"ratio": None, "ratio_cpu": None}
+    return {"ratio": other["seconds"] / ft["seconds"], "ratio_cpu": other["cpu_seconds"] / ft["cpu_seconds"]}
+
+
 def ratios(base: dict, ft: dict, case: Case, sizes: Sizes) -> dict:
     """``{ratio, ratio_cpu, target_met}`` of a facetransfer run against the baseline: None
     without a baseline; ``target_met`` None unless the run has the target's epochs."""
-    if "unavailable" in base:
-        return {"ratio": None, "ratio_cpu": None, "target_met": None}
-    ratio = base["seconds"] / ft["seconds"]
-    met = bool(ratio >= case.target) if sizes.epochs == TARGET_EPOCHS else None
-    return {"ratio": ratio, "ratio_cpu": base["cpu_seconds"] / ft["cpu_seconds"], "target_met": met}
+    out = speedup(base, ft)
+    met = None if out["ratio"] is None or sizes.epochs != TARGET_EPOCHS else bool(out["ratio"] >= case.target)
+    return {**out, "target_met": met}
 
 
 def pipeline_figures(seconds: dict, images_per_epoch: int) -> dict:
@@ -561,14 +501,66 @@ def _accuracy_line(c: dict) -> str:
     parts = [f"baseline {fmt(c['baseline'].get('val_accuracy'))}", f"facetransfer {fmt(c['facetransfer']['val_accuracy'])}"]
     if "bfloat16" in c:
         parts.append(f"bf16 features {fmt(c['bfloat16']['facetransfer']['val_accuracy'])}")
+    if "limit" in c:
+        parts += [f"keras-guide {fmt(c['keras_guide'].get('val_accuracy'))}", f"limit {fmt(c['limit']['val_accuracy'])}"]
     return f"  {c['label']} ({c['n_val']} val images): " + ", ".join(parts)
+
+
+def _times(value: dict | None, spec: str = ".1f") -> str:
+    """``"11.8x (9.0x)"``: a wall ratio and, in brackets, the CPU ratio; ``"n/a"`` for None."""
+    if value is None or value["ratio"] is None:
+        return "n/a"
+    return f"{value['ratio']:{spec}}x ({value['ratio_cpu']:{spec}}x)"
+
+
+def _percent(c: dict) -> str:
+    """``"75% (80%)"``: the efficiency in wall and, in brackets, CPU seconds."""
+    return f"{100 * c['efficiency']:.0f}% ({100 * c['efficiency_cpu']:.0f}%)"
+
+
+def format_against_limit(cases: dict) -> list[str]:
+    """facetransfer against the seed-style and keras-guide pipelines and against the limit,
+    one row per case with a frozen prefix (none: no lines)."""
+    rows = [c for c in cases.values() if "limit" in c]
+    if not rows:
+        return []
+
+    def wall(side: dict) -> str:
+        return "n/a" if "unavailable" in side else f"{side['seconds']:.1f}"
+
+    lines = [
+        "",
+        "facetransfer against what a Keras user writes today and against the limit (wall seconds; speed-ups and efficiency: wall (cpu)):",
+        f"{'case':<28}{'seed-style':>11}{'keras-guide':>12}{'facetransfer':>13}{'limit':>8}{'vs seed-style':>16}{'vs keras-guide':>16}{'efficiency':>14}",
+    ]
+    for c in rows:
+        lines.append(
+            f"{c['label']:<28}{wall(c['baseline']):>11}{wall(c['keras_guide']):>12}{c['facetransfer']['seconds']:>13.1f}"
+            f"{c['limit']['seconds']:>8.1f}{_times(c):>16}{_times(c['vs_keras_guide']):>16}{_percent(c):>14}"
+        )
+    lines += [
+        "keras-guide = tf.data from the file list: decode_image + bilinear resize (what image_dataset_from_directory does), .cache(),"
+        " per-epoch .shuffle, .batch, .prefetch(AUTOTUNE); the whole model in model.fit (the frozen layers run forward every epoch).",
+        "limit = the frozen prefix forward once per train + val image (decoded images in memory, predict) + the trainable rest's epochs"
+        " on its in-memory outputs: facetransfer's algorithm without its decode, cache files and feeder. efficiency = limit / facetransfer:",
+    ]
+    for c in rows:
+        lim, f = c["limit"], c["facetransfer"]
+        lines.append(
+            f"  {c['label']}: limit {lim['seconds']:.1f} s = forward {lim['forward_seconds']:.1f} s ({lim['images']} images, "
+            f"{lim['images'] / lim['forward_seconds']:.0f} img/s) + trainable rest {lim['head_seconds']:.1f} s; "
+            f"facetransfer {f['seconds']:.1f} s = decode {f['decode_seconds']:.1f} s + features {f['feature_seconds']:.1f} s + the rest"
+        )
+        if "unavailable" in c["keras_guide"]:
+            lines.append(f"  {c['label']}: keras-guide not run: {c['keras_guide']['unavailable']}")
+    return lines
 
 
 def format_text(result: dict) -> str:
     """The human-readable report of :func:`run`'s result."""
     m, s = result["machine"], result["sizes"]
     lines = [
-        "facetransfer bench: seed-style pipeline vs facetransfer, side by side in one run",
+        "facetransfer bench: seed-style pipeline vs facetransfer (and, frozen prefixes, keras-guide and the limit), side by side in one run",
         f"machine: {m['cpus']} CPUs, {m['cpu_model']}; load average {m['load_average']} → {m['load_average_end']}; "
         f"backend {m['backend']}, keras {m['keras']}; {result['gpu']}",
         f"data: {s['n']} {result['data']} → {s['image_size']} px; batch {s['batch_size']}; {s['epochs']} epochs",
@@ -583,8 +575,11 @@ def format_text(result: dict) -> str:
         "img/s = (train + val images) x epochs / wall seconds; cpu = CPU-seconds ratio (steadier on a shared machine).",
         "bf16 = the same facetransfer run with train.feature_precision: bfloat16 (one-time extraction in bfloat16, trained layers float32)"
         + ("" if all(c.get("bfloat16", {}).get("native_bfloat16", True) for c in result["cases"].values()) else "; NO native bfloat16 on this machine"),
+    ]
+    lines += format_against_limit(result["cases"])
+    lines += [
         f"validation accuracy after {s['epochs']} epochs (same model, seed and split; SYNTHETIC faces, random-init weights;"
-        " the baseline squashes each JPEG to a square, facetransfer crops its centre):",
+        " the baseline and keras-guide squash each JPEG to a square, facetransfer and the limit crop its centre):",
     ]
     lines += [_accuracy_line(c) for c in result["cases"].values()]
     lines += [
