@@ -1,5 +1,6 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11+ and make:
 #   make report   create .venv if needed, run the demo study, render the HTML report
+#                 (WORKERS=2: on a local Dask cluster of 2 worker processes)
 #   make test     create .venv if needed, run ruff and pytest
 # Without TensorFlow, on the JAX backend:
 #   make venv-jax create .venv-jax (requirements.txt minus tensorflow, requirements-jax.txt)
@@ -20,6 +21,10 @@ STAMP_JAX := $(VENV_JAX)/.facetransfer-env-$(ENV_JAX_HASH)
 # pip takes 2-3 min on 2 cores: most of a fresh clone's `make test` / `make report` set-up.
 UV := uv==0.13.9
 STUDY ?= params/demo.yaml
+# `make report WORKERS=2` runs the study on a local Dask cluster of 2 worker processes (the
+# runs' notebook kernels start and train side by side); left empty, the study runs serially
+# in this process and no Dask process starts.
+WORKERS ?=
 PYTEST_ARGS ?= -n 3 --dist loadfile  # three pytest workers: most of the suite waits on notebook kernels and subprocesses
 
 .PHONY: venv venv-jax test lint report clean-results
@@ -61,7 +66,7 @@ test: lint
 
 # `facetransfer run` renders the report itself as its last step and prints its path.
 report: $(STAMP)
-	$(VENV)/bin/facetransfer run $(STUDY)
+	$(VENV)/bin/facetransfer run $(STUDY) $(if $(WORKERS),--workers $(WORKERS))
 
 clean-results:
 	find results -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
