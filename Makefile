@@ -25,7 +25,7 @@ STUDY ?= params/demo.yaml
 # runs' notebook kernels start and train side by side); left empty, the study runs serially
 # in this process and no Dask process starts.
 WORKERS ?=
-PYTEST_ARGS ?= -n 3 --dist loadfile  # three pytest workers: most of the suite waits on notebook kernels and subprocesses
+PYTEST_ARGS ?= -n 3 --dist loadfile --durations=25  # three pytest workers; the 25 slowest tests are listed at the end (the suite is over its 15-min target)
 
 .PHONY: venv venv-jax test lint report clean-results
 
