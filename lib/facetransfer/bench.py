@@ -277,15 +277,8 @@ def run_case(case: Case, sizes: Sizes, root: Path, weights_file: Path, scratch: 
     n_train, n_val = len(prepared.rows("train")), len(prepared.rows("val"))
     images = (n_train + n_val) * sizes.epochs  # train + validation images the fit goes through
     ft["images_per_s"] = images / ft["seconds"]
-    missing = pipelines.baseline_unavailable()
-    if missing is None:
-        say(f"{case.label}: seed-style baseline (ImageDataGenerator.flow_from_dataframe, whole model) …")
-        base = pipelines.run_baseline(cfg, prepared.records)
-        base["images_per_s"] = images / base["seconds"]
-        keras.backend.clear_session()
-    else:
-        say(f"{case.label}: NO seed-style baseline: {missing}")
-        base = {"unavailable": missing}
+    base = whole_model_pipeline(case, "seed-style baseline", "ImageDataGenerator.flow_from_dataframe, whole model",
+                                pipelines.baseline_unavailable(), pipelines.run_baseline, cfg, prepared, images, say)
     out = {
         "label": case.label,
         "backbone": case.backbone,
@@ -318,6 +311,21 @@ def run_case(case: Case, sizes: Sizes, root: Path, weights_file: Path, scratch: 
     return out
 
 
+def whole_model_pipeline(case: Case, name: str, how: str, missing: str | None, run, cfg: dict, prepared, images: int, say) -> dict:
+    """One compared pipeline (``run(cfg, records)``) with its images per second, or
+    ``{"unavailable": missing}`` when it cannot run here."""
+    import keras
+
+    if missing is not None:
+        say(f"{case.label}: NO {name}: {missing}")
+        return {"unavailable": missing}
+    say(f"{case.label}: {name} ({how}) …")
+    result = run(cfg, prepared.records)
+    result["images_per_s"] = images / result["seconds"]
+    keras.backend.clear_session()
+    return result
+
+
 def bfloat16_variant(case: Case, sizes: Sizes, root: Path, weights_file: Path, scratch: Path, base: dict, images: int, say) -> dict:
     """facetransfer again, cold caches, with ``train.feature_precision: bfloat16``; its ratios."""
     import keras
@@ -339,15 +347,8 @@ def guide_and_limit(case: Case, cfg: dict, prepared, ft: dict, images: int, say)
     wall seconds; ``efficiency_cpu`` in CPU seconds) against the second."""
     import keras
 
-    missing = pipelines.keras_guide_unavailable()
-    if missing is None:
-        say(f"{case.label}: keras-guide pipeline (tf.data .cache().prefetch(), whole model) …")
-        guide = pipelines.run_keras_guide(cfg, prepared.records)
-        guide["images_per_s"] = images / guide["seconds"]
-        keras.backend.clear_session()
-    else:
-        say(f"{case.label}: NO keras-guide pipeline: {missing}")
-        guide = {"unavailable": missing}
+    guide = whole_model_pipeline(case, "keras-guide pipeline", "tf.data .cache().prefetch(), whole model",
+                                 pipelines.keras_guide_unavailable(), pipelines.run_keras_guide, cfg, prepared, images, say)
     say(f"{case.label}: the limit (frozen prefix once per image + the trainable rest's epochs, in memory) …")
     limit = pipelines.run_limit(cfg, prepared)
     keras.backend.clear_session()

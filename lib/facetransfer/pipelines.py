@@ -59,16 +59,19 @@ def labelled_frame(records):
     return records[["path", "gender", "split"]].assign(gender=lambda f: f["gender"].astype(np.float32))
 
 
-def fit_whole_model(cfg: dict, make_inputs, **fit_options) -> dict:
-    """Build, compile and ``model.fit(**fit_options)`` the whole model on ``make_inputs()`` →
-    ``(train, val)``; timed from before the build, as a user's script would be."""
+def fit_whole_model(cfg: dict, records, make_input, **fit_options) -> dict:
+    """Build, compile and ``model.fit(**fit_options)`` the whole model on
+    ``make_input(rows, cfg, shuffle=...)`` of the train (shuffled) and val rows of
+    ``records``; timed from before the build, as a user's script would be."""
     from facetransfer import models, train
 
+    frame = labelled_frame(records)
     clock = Clock()
     train.configure(cfg)
     model = models.build_model(cfg)
     train.compile_model(model, cfg, cfg["train"]["learning_rate"])
-    train_inputs, val_inputs = make_inputs()
+    train_inputs = make_input(frame[frame["split"] == "train"], cfg, shuffle=True)
+    val_inputs = make_input(frame[frame["split"] == "val"], cfg, shuffle=False)
     recorder = train.EpochLog("final")
     model.fit(train_inputs, validation_data=val_inputs, epochs=cfg["train"]["epochs"], callbacks=[recorder], verbose=0, **fit_options)
     return {**clock.read(), "epoch_seconds": [r["seconds"] for r in recorder.rows], "val_accuracy": final_val_accuracy(recorder.rows)}
@@ -136,14 +139,7 @@ def seed_style_flow(frame, cfg: dict, *, shuffle: bool):
 
 def run_baseline(cfg: dict, records) -> dict:
     """Seed style: build, compile and ``model.fit`` the whole model on JPEGs decoded every epoch."""
-    frame = labelled_frame(records)
-    return fit_whole_model(
-        cfg,
-        lambda: (
-            seed_style_flow(frame[frame["split"] == "train"], cfg, shuffle=True),
-            seed_style_flow(frame[frame["split"] == "val"], cfg, shuffle=False),
-        ),
-    )
+    return fit_whole_model(cfg, records, seed_style_flow)
 
 
 # ---------------------------------------------------------------- keras-guide
@@ -185,15 +181,8 @@ def keras_guide_dataset(frame, cfg: dict, *, shuffle: bool):
 
 def run_keras_guide(cfg: dict, records) -> dict:
     """keras-guide: the whole model in ``model.fit``, fed by :func:`keras_guide_dataset`."""
-    frame = labelled_frame(records)
-    return fit_whole_model(
-        cfg,
-        lambda: (
-            keras_guide_dataset(frame[frame["split"] == "train"], cfg, shuffle=True),
-            keras_guide_dataset(frame[frame["split"] == "val"], cfg, shuffle=False),
-        ),
-        shuffle=False,  # the dataset shuffles itself; fit's shuffle=True would only warn for a tf.data input
-    )
+    # the dataset shuffles itself; fit's shuffle=True would only warn for a tf.data input
+    return fit_whole_model(cfg, records, keras_guide_dataset, shuffle=False)
 
 
 # ---------------------------------------------------------------- the limit
