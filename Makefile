@@ -25,7 +25,7 @@ STUDY ?= params/demo.yaml
 # runs' notebook kernels start and train side by side); left empty, the study runs serially
 # in this process and no Dask process starts.
 WORKERS ?=
-PYTEST_ARGS ?= -n 3 --dist loadfile --durations=25  # three pytest workers; the 25 slowest tests are listed at the end (the suite is over its 15-min target)
+PYTEST_ARGS ?= -n 3 --dist loadgroup --no-loadscope-reorder --durations=25  # three pytest workers, longest units first (tests/conftest.py); the 25 slowest tests are listed at the end
 
 .PHONY: venv venv-jax test lint report clean-results
 
@@ -37,7 +37,7 @@ $(STAMP): requirements.txt pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "facetransfer needs Python 3.11+ (found " + sys.version.split()[0] + "); set PYTHON=python3.11")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip $(UV)
-	$(VENV)/bin/uv pip install --quiet --python $(PY) -r requirements.txt
+	$(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name facetransfer --display-name "Python (facetransfer)" >/dev/null
 	rm -f $(VENV)/.facetransfer-env-*

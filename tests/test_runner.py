@@ -406,3 +406,26 @@ def test_eval_changes_re_evaluate_the_saved_model_without_retraining(tmp_path, c
     assert runner.run_study(path, results=results, notebooks=notebooks, report=False, overrides=["eval.bootstrap=10"]) == 0
     assert f"skip {run_dir.name} (complete)" in capsys.readouterr().out
     assert (run_dir / "calls.txt").read_text().splitlines() == ["False 1000", "True 10"]
+
+
+def test_a_kernel_starts_in_its_folder_without_changing_the_process_directory(tmp_path, monkeypatch):
+    """A Dask worker runs a seceded search's execution beside another task's: a process-wide
+    os.chdir() by one would start the other's kernel in the wrong folder."""
+    notebook = tmp_path / "cwd.ipynb"
+    nb = new_notebook()
+    nb.metadata["kernelspec"] = {"name": "facetransfer", "display_name": "Python (facetransfer)", "language": "python"}
+    nb.cells = [new_code_cell("import pathlib\npathlib.Path('cwd.txt').write_text(str(pathlib.Path.cwd()))")]
+    nbformat.write(nb, notebook)
+
+    here, chdir = os.getcwd(), os.chdir
+
+    def no_chdir(path):  # papermill's context manager "returns" to where the process is: harmless
+        if os.path.realpath(path) != os.path.realpath(here):
+            raise AssertionError(f"os.chdir({path!r}) changes the directory of every thread")
+        chdir(path)
+
+    monkeypatch.setattr(os, "chdir", no_chdir)
+    out_dir = tmp_path / "out"
+    error = runner.execute_notebook(notebook, out_dir, {}, kernel_name="facetransfer", log_name="run.log")
+    assert error is None
+    assert (out_dir / "cwd.txt").read_text() == str(out_dir)

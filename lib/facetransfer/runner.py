@@ -220,7 +220,11 @@ def execute_notebook(notebook: Path, out_dir: Path, parameters: dict, *, kernel_
                 log_output=False,
                 stdout_file=log,
                 stderr_file=log,
-                cwd=str(out_dir),
+                # The kernel starts in out_dir. Not papermill's cwd=: that os.chdir()s the whole
+                # process for the execution, and a Dask worker runs a seceded search's
+                # execution beside another task's, so one would start its kernel in the
+                # other's folder. nbclient passes this path to the kernel's start instead.
+                resources={"metadata": {"path": str(out_dir)}},
             )
         returned = True
     except PapermillExecutionError as exc:
