@@ -324,20 +324,30 @@ def test_killed_client_resumes_and_a_second_client_is_refused(tmp_path, notebook
 def test_same_numbers_serially_and_on_two_workers(tmp_path, capsys):
     """A CPU kernel's float sums depend on its thread count: serially TensorFlow takes every
     core, a worker's kernel its share of them (TF_NUM_INTRAOP_THREADS). ``train.cpu_threads``
-    gives every kernel the same count, so both give the same bytes."""
-    body = study_body(stages=["finetune"])  # two runs of the compact CNN from scratch, 1 epoch, 32 px
+    gives every kernel, and every search trial, the same count, so both give the same bytes:
+    the trials (on two workers, the step's two values train as concurrent Dask tasks), the
+    search's choice, and the runs, the ``use_search`` one included."""
+    body = study_body(stages=["search", "finetune"], grid=None)  # the compact CNN from scratch, 1 epoch, 32 px
     body["defaults"]["data"]["synthetic"] = {"n": 120, "seed": 0, "size": 64}
     body["defaults"]["eval"] = {"saliency": 0}
     body["defaults"]["train"]["cpu_threads"] = 1
+    body["runs"] = [{"name": "plain"}, {"name": "tuned", "use_search": True}]
+    body["search"] = {"metric": "val.loss", "sequential": [{"key": "train.learning_rate", "values": [0.003, 0.001]}]}
     out, study, results = {}, write_study(tmp_path, body), tmp_path / "results"
     for how, workers in (("serial", None), ("dask", 2)):  # the same results path: splits.csv holds image paths
         assert runner.run_study(study, results=results, report=False, workers=workers) == 0
-        out[how] = results.rename(tmp_path / how) / "tiny" / "runs"
+        out[how] = results.rename(tmp_path / how) / "tiny"
     capsys.readouterr()
-    ids = sorted(p.name for p in out["serial"].iterdir())
-    assert ids == sorted(p.name for p in out["dask"].iterdir()) and len(ids) == 2
+    trials = {how: {p.name: read_json(p) for p in (out[how] / "search" / "trials").glob("*.json")} for how in out}
+    assert sorted(trials["serial"]) == sorted(trials["dask"]) and len(trials["serial"]) == 2
+    for name, trial in trials["serial"].items():
+        assert {k: v for k, v in trial.items() if k != "seconds"} == {k: v for k, v in trials["dask"][name].items() if k != "seconds"}, name
+    best = {how: read_json(out[how] / "search" / "best_params.json") for how in out}
+    assert (best["serial"]["best"], best["serial"]["score"]) == (best["dask"]["best"], best["dask"]["score"])
+    ids = sorted(p.name for p in (out["serial"] / "runs").iterdir())
+    assert ids == sorted(p.name for p in (out["dask"] / "runs").iterdir()) and len(ids) == 2
     for run_id in ids:
-        a, b = out["serial"] / run_id, out["dask"] / run_id
+        a, b = out["serial"] / "runs" / run_id, out["dask"] / "runs" / run_id
         for name in ("splits.csv", "predictions.csv"):
             assert (a / name).read_bytes() == (b / name).read_bytes(), f"{run_id}/{name}"
         assert read_json(a / "metrics.json")["test"] == read_json(b / "metrics.json")["test"]

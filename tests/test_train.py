@@ -355,3 +355,22 @@ def test_reuse_loads_the_trained_model_instead_of_training(tmp_path, capsys):
     other = params.resolve_run({**cfg, "train": {**cfg["train"], "epochs": 2}})
     with pytest.raises(FacetransferError, match="not trained .* with these training params"):
         train.fit(tiny_model("gender"), data, other, tmp_path, results_root=tmp_path, verbose=0, reuse=True)
+
+
+def test_initial_weights_ignore_other_draws_from_pythons_global_random(tmp_path):
+    """A Dask worker's threads draw from Python's global ``random`` while a trial builds its
+    model there: the model's initial weights must come from the seed alone."""
+    import random
+
+    cfg = tiny_cfg()
+
+    def initial_weights(other_draws: int) -> list[np.ndarray]:
+        train.configure(cfg)
+        for _ in range(other_draws):  # another thread of the process
+            random.random()
+        return models.build_model(cfg, results_root=tmp_path).get_weights()
+
+    undisturbed, disturbed = initial_weights(0), initial_weights(3)
+    assert len(undisturbed) == len(disturbed)
+    for a, b in zip(undisturbed, disturbed, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -11,6 +11,7 @@ training code passes it to ``model.compile(jit_compile=...)``.
 from __future__ import annotations
 
 import os
+import random
 
 import keras
 
@@ -36,6 +37,7 @@ def configure(seed: int, *, mixed_precision: str = "auto", xla: bool = False, cp
     backend = keras.backend.backend()
     threads = set_cpu_threads(cpu_threads)
     keras.utils.set_random_seed(int(seed))
+    private_default_seeds(int(seed))
     if backend == "tensorflow":
         import tensorflow as tf
 
@@ -44,6 +46,16 @@ def configure(seed: int, *, mixed_precision: str = "auto", xla: bool = False, cp
     policy = dtype_policy(mixed_precision, found)
     keras.config.set_dtype_policy(policy)
     return {"backend": backend, "devices": found, "cpu_threads": threads, "mixed_precision": policy, "xla": xla or backend == "jax"}
+
+
+def private_default_seeds(seed: int) -> None:
+    """Keras gives every layer and initializer built without a seed one drawn from Python's
+    global ``random``; a Dask worker's own threads draw from it too, so a model built there
+    got other initial weights from run to run. Keras has no public setting for this: Keras's
+    draws go to a private generator seeded like the global one (the same draws serially)."""
+    from keras.src.random import seed_generator
+
+    seed_generator.python_random = random.Random(seed)
 
 
 def set_cpu_threads(cpu_threads: int | None) -> int:

@@ -34,10 +34,10 @@ The search spec (the study file's ``search:`` section)::
 Concurrency. With a Dask cluster at hand (``DASK_SCHEDULER_ADDRESS``, which every worker of
 ``facetransfer run --workers N`` / ``--scheduler ADDRESS`` sets, so the search notebook's kernel
 sees it) the values of one sequential step train as concurrent Dask tasks; the step's winner is
-chosen once all have finished, in the values' order, as serially. NOT yet the serial numbers:
-on a Dask worker a trial's scores vary from run to run (Keras draws the default seeds of layers
-and initializers from Python's global ``random``, which the worker's other threads also draw
-from; open, the fix belongs in the model code: explicit seeds). ``search.optuna.parallel: N`` (N > 1) runs N Optuna workers that share a
+chosen once all have finished, in the values' order, as serially, with the serial numbers
+when ``train.cpu_threads`` is set (the worker's threads draw from Python's global ``random``;
+training draws from it nothing: :func:`facetransfer.runtime.private_default_seeds`, and fit's
+batch order is the feeders'). ``search.optuna.parallel: N`` (N > 1) runs N Optuna workers that share a
 ``JournalStorage`` file (``<out_dir>/optuna.journal``): N Dask tasks on that cluster, or, without
 one, the same N workers one after another here (said on one line). A killed parallel search
 resumes from the journal: its finished trials count, the trials it left running are told

@@ -447,7 +447,10 @@ def fit(model: keras.Model, data, cfg: dict, run_dir, *, results_root, verbose="
         n_trainable = sum(int(np.prod(w.shape)) for w in target.trainable_weights)
         _say(log, f"phase {phase}: epochs {initial + 1}..{epochs}, lr {lr:g}, {n_trainable:,} trainable parameters")
         recorder = EpochLog(phase)
-        target.fit(train_in, validation_data=val_in, epochs=epochs, initial_epoch=initial, callbacks=[*make_callbacks(t), recorder], verbose=verbose)
+        # shuffle=False: our feeders shuffle the rows per epoch from (seed, epoch); Keras's own
+        # shuffle of a PyDataset's batch order draws from Python's global `random`, which a
+        # Dask worker's threads draw from too (the numbers then differed run to run there).
+        target.fit(train_in, validation_data=val_in, epochs=epochs, initial_epoch=initial, shuffle=False, callbacks=[*make_callbacks(t), recorder], verbose=verbose)
         rows.extend(recorder.rows)
     train_seconds = time.perf_counter() - start
     work = "no decoding" if cache.hit else "decoding"
