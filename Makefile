@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11+ and make:
 #   make report   create .venv if needed, run the demo study, render the HTML report
-#                 (WORKERS=2: on a local Dask cluster of 2 worker processes)
+#                 on a local Dask cluster of 2 worker processes (WORKERS=: serially)
 #   make test     create .venv if needed, run ruff and pytest
 # Without TensorFlow, on the JAX backend:
 #   make venv-jax create .venv-jax (requirements.txt minus tensorflow, requirements-jax.txt)
@@ -21,10 +21,11 @@ STAMP_JAX := $(VENV_JAX)/.facetransfer-env-$(ENV_JAX_HASH)
 # pip takes 2-3 min on 2 cores: most of a fresh clone's `make test` / `make report` set-up.
 UV := uv==0.13.9
 STUDY ?= params/demo.yaml
-# `make report WORKERS=2` runs the study on a local Dask cluster of 2 worker processes (the
-# runs' notebook kernels start and train side by side); left empty, the study runs serially
-# in this process and no Dask process starts.
-WORKERS ?=
+# `make report` runs the study on a local Dask cluster of WORKERS worker processes (the runs'
+# notebook kernels start and train side by side); `make report WORKERS=` runs it serially in
+# this process, with no Dask process. The demo gives every run one CPU thread, so both give the
+# same numbers.
+WORKERS ?= 2
 PYTEST_ARGS ?= -n 3 --dist loadgroup --no-loadscope-reorder --durations=25  # three pytest workers, longest units first (tests/conftest.py); the 25 slowest tests are listed at the end
 
 .PHONY: venv venv-jax test lint report clean-results
