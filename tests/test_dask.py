@@ -227,6 +227,24 @@ def graph_study() -> dict:
     )
 
 
+def test_ready_tasks_that_others_wait_for_start_first(tmp_path):
+    """Dask starts the ready task of highest priority first: the search (the tuned run waits
+    for it) and the source (everything from its weights, and the search, wait for it) go
+    before runs that nothing waits for; compare is not counted."""
+    from facetransfer import study as S
+    from facetransfer.executors.on_dask import waiting_on
+    from facetransfer.plan import StudyPlan
+
+    study = S.load_study(write_study(tmp_path, graph_study()))
+    plan = StudyPlan(study, tmp_path / "results" / "tiny", tmp_path / "results")
+    by_name = {node.run.name: key for key, node in plan.nodes.items() if node.run is not None}
+    priority = {name: waiting_on(plan, key) for name, key in by_name.items()}
+    priority.update(explore=waiting_on(plan, "explore"), search=waiting_on(plan, "search"))
+    # source: the two transfer runs, the search and the tuned run it will add
+    assert priority["source"] == 4 and priority["search"] == 1
+    assert priority["explore"] == priority["bad"] == priority["transfer lr=0.003"] == 0
+
+
 def test_local_cluster_runs_the_graph_like_serial(tmp_path, notebooks, capsys):
     body = graph_study()
     results, outcomes = {}, []

@@ -38,6 +38,12 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def cores() -> int:
+    """The CPU cores this process may run on (here, not in runtime: the Dask client uses it
+    without importing Keras)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def host_tag() -> str:
     """This host's name as it appears in temporary file names (no dots, no slashes)."""
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "host"

@@ -16,6 +16,7 @@ import random
 import keras
 
 from facetransfer.errors import ParamError
+from facetransfer.io import cores
 
 MIXED_PRECISION = ("auto", "on", "off")
 
@@ -93,11 +94,6 @@ def set_cpu_threads(cpu_threads: int | None) -> int:
     if cpu_threads is not None:
         raise ParamError("train.cpu_threads", f"{cpu_threads} is not allowed on {backend}: its XLA uses every core; allowed there: null")
     return cores()
-
-
-def cores() -> int:
-    """The CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def dtype_policy(mixed_precision: str, found: list[str] | None = None) -> str:

@@ -43,7 +43,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from facetransfer.errors import FacetransferError, StudyBusyError
 from facetransfer.executors import say
-from facetransfer.io import StudyLock
+from facetransfer.io import StudyLock, cores
 from facetransfer.runner import Outcome, _one_line, execute_node, fail_run
 from facetransfer.search import SCHEDULER_ENV
 
@@ -53,10 +53,6 @@ TOPIC = "facetransfer"
 NODE_LOCK = ".node.lock"
 NODE_LOCK_WAIT_S = 3600  # how long a task waits for another task of the same node (a killed client's)
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def worker_env(threads: int) -> dict[str, str]:
@@ -77,7 +73,7 @@ class ThreadLimits(WorkerPlugin):
 
     def setup(self, worker) -> None:
         on_host = self.workers_per_host.get(urlparse(worker.address).hostname, 1)
-        for name, value in worker_env(max(1, _cores() // on_host)).items():
+        for name, value in worker_env(max(1, cores() // on_host)).items():
             os.environ.setdefault(name, value)
         os.environ[SCHEDULER_ENV] = worker.scheduler.address
 
@@ -120,6 +116,18 @@ def _node_lock(out_dir: Path) -> StudyLock:
             time.sleep(1.0)
 
 
+def waiting_on(plan, key: str) -> int:
+    """How many nodes wait for node ``key``, directly or not (the search: also the
+    ``use_search`` runs it will add): Dask starts the ready task with most first, so the
+    search and a source run do not wait behind runs that nothing waits for."""
+    waiting, frontier = set(), {key}
+    while frontier:
+        frontier = {other for other, node in plan.nodes.items() if set(node.needs) & frontier} - waiting
+        waiting |= frontier
+    extra = len(plan.waiting) if key == "search" or "search" in waiting else 0
+    return len(waiting) + extra
+
+
 class DaskExecutor:
     """Submits the plan's nodes as Dask tasks with their dependencies (see the module docstring)."""
 
@@ -138,7 +146,7 @@ class DaskExecutor:
                 raise FacetransferError(f"--scheduler {scheduler}: no Dask scheduler answered within {CONNECT_TIMEOUT_S} s ({_one_line(exc)})") from None
             cluster = None
         else:
-            threads = max(1, _cores() // workers)
+            threads = max(1, cores() // workers)
             with dask.config.set({"distributed.scheduler.allowed-failures": 3}):
                 cluster = LocalCluster(
                     n_workers=workers, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0", env=worker_env(threads)
@@ -171,7 +179,14 @@ class DaskExecutor:
         def submit(node) -> None:
             needs = [key for key in node.needs if key in futures]
             future = self.client.submit(
-                run_node_task, node, context, *[futures[key] for key in needs], key=f"{node.key}-{self.token}", pure=False, retries=TASK_RETRIES
+                run_node_task,
+                node,
+                context,
+                *[futures[key] for key in needs],
+                key=f"{node.key}-{self.token}",
+                pure=False,
+                retries=TASK_RETRIES,
+                priority=waiting_on(plan, node.key),
             )
             futures[node.key], nodes[future.key] = future, (node, needs)
             pending.add(future)
