@@ -82,6 +82,9 @@ METRICS = {
 SPEC_KEYS = ("metric", "set", "sequential", "optuna", "use")
 USES = ("sequential", "optuna", "best")
 OPTUNA_KEYS = ("n_trials", "sampler", "n_startup_trials", "space", "seed", "parallel")
+# Trials start before any other ready task of the cluster: the search's notebook, and the runs
+# that use its choice, wait for them (a study's own tasks have priorities up to its node count).
+TRIAL_PRIORITY = 1_000_000
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"  # Dask's own variable for the scheduler a Client() connects to
 JOURNAL = "optuna.journal"
 CONNECT_TIMEOUT_S = 30
@@ -294,7 +297,7 @@ class _Trials:
             if not self.cached(cfg).exists():  # many images starts processes, which a Dask worker (a daemon) cannot
                 self.data(cfg)
         # verbose 0: no Keras progress bars from many workers on one console
-        futures = [client.submit(_score_task, cfg, self.out_dir, self.results_root, self.metric, 0, pure=False) for cfg in cfgs]
+        futures = [client.submit(_score_task, cfg, self.out_dir, self.results_root, self.metric, 0, pure=False, priority=TRIAL_PRIORITY) for cfg in cfgs]
         return client.gather(futures)
 
 
@@ -471,7 +474,7 @@ def _parallel_optuna(base_params: Mapping, spec: Mapping, seed: int, *, out_dir,
                 _optuna_worker(n, worker_seed, *args, verbose)
         elif shares:
             _Trials(out_dir, results_root, spec["metric"], verbose).data(trial_params(base_params, spec["set"]))  # see _Trials.score_all
-            client.gather([client.submit(_optuna_worker, n, worker_seed, *args, 0, pure=False) for n, worker_seed in zip(shares, seeds, strict=True)])  # 0: see score_all
+            client.gather([client.submit(_optuna_worker, n, worker_seed, *args, 0, pure=False, priority=TRIAL_PRIORITY) for n, worker_seed in zip(shares, seeds, strict=True)])  # 0: see score_all
     print(f"[optuna] {left} trials in {time.perf_counter() - start:.1f} s", flush=True)
     return optuna.load_study(study_name=name, storage=_journal_storage(journal))
 
