@@ -35,6 +35,24 @@ def test_make_venv_jax_builds_without_tensorflow_and_registers_its_own_kernel():
     assert "jax[cpu]" in (REPO / "requirements-jax.txt").read_text()
 
 
+def test_make_report_runs_on_two_dask_workers_unless_workers_is_empty():
+    def report_line(*args: str) -> str:
+        proc = subprocess.run(["make", "-n", "report", *args], cwd=REPO, capture_output=True, text=True, check=True)
+        return next(line for line in proc.stdout.splitlines() if "facetransfer run" in line)
+
+    assert report_line().endswith("facetransfer run params/demo.yaml --workers 2")
+    assert report_line("WORKERS=").rstrip().endswith("facetransfer run params/demo.yaml")
+    assert report_line("WORKERS=4").endswith("--workers 4")
+
+
+def test_make_venv_compiles_bytecode():
+    """PYTHONDONTWRITEBYTECODE=1 (set on these machines) stops Python writing .pyc files: without
+    them at install time every kernel compiles TensorFlow's sources again (about 10 s each)."""
+    proc = subprocess.run(["make", "-n", "-B", "venv"], cwd=REPO, capture_output=True, text=True, check=True)
+    install = next(line for line in proc.stdout.splitlines() if "uv pip install" in line)
+    assert "--compile-bytecode" in install and "-r requirements.txt" in install
+
+
 def fake_kernel(folder: Path, name: str) -> None:
     spec = folder / "kernels" / name
     spec.mkdir(parents=True)

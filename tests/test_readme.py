@@ -33,7 +33,7 @@ TF_PIN = re.search(r"^tensorflow==(\S+)$", (REPO / "requirements.txt").read_text
 # README command → (what the test runs instead, why).
 INSTEAD = {
     "make report": ("make -n report", "runs the demo study for minutes; tests/test_studies.py::test_demo_runs runs it on tiny data"),
-    "make report WORKERS=2": ("make -n report WORKERS=2", "runs the demo study on Dask for minutes; tests/test_dask.py runs studies on Dask"),
+    "make report WORKERS=": ("make -n report WORKERS=", "runs the demo study serially for minutes; tests/test_studies.py::test_demo_runs runs it on tiny data"),
     "make test": ("make -n test", "runs this very suite"),
     "make venv": ("make -n venv", "builds .venv (a download); this test runs inside the .venv it builds"),
     "make venv-jax": ("make -n venv-jax", "builds .venv-jax (about 600 MB); tests/test_environments.py checks the recipe"),
