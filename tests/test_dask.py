@@ -350,7 +350,7 @@ def test_same_numbers_serially_and_on_two_workers(tmp_path, capsys):
     body["defaults"]["eval"] = {"saliency": 0}
     body["defaults"]["train"]["cpu_threads"] = 1
     body["runs"] = [{"name": "plain"}, {"name": "tuned", "use_search": True}]
-    body["search"] = {"metric": "val.loss", "sequential": [{"key": "train.learning_rate", "values": [0.003, 0.001]}]}
+    body["search"] = {"metric": "val.loss", "fan_out": True, "sequential": [{"key": "train.learning_rate", "values": [0.003, 0.001]}]}
     out, study, results = {}, write_study(tmp_path, body), tmp_path / "results"
     for how, workers in (("serial", None), ("dask", 2)):  # the same results path: splits.csv holds image paths
         assert runner.run_study(study, results=results, report=False, workers=workers) == 0

@@ -100,6 +100,8 @@ def test_optuna_search_picks_the_best_trial(tmp_path, scored):
         ({"sequential": [{"key": "train.batch_size", "values": []}]}, "search.sequential[0].values"),
         ({"sequential": [{"key": "train.batch_size", "values": [0]}]}, "search.sequential[0].values"),
         ({"set": {"train.epochs": -1}}, "search.set.train.epochs"),
+        ({"fan_out": "yes"}, "search.fan_out"),
+        ({"fan_ot": True}, "search.fan_ot"),
         ({"optuna": {"n_trials": 0, "space": {"train.learning_rate": {"low": 0.1, "high": 1.0}}}}, "search.optuna.n_trials"),
         ({"optuna": {"parallel": 0, "space": {"train.learning_rate": {"low": 0.1, "high": 1.0}}}}, "search.optuna.parallel"),
         ({"optuna": {"parallel": 2, "space": {"data.image_size": {"choices": [32, 64]}}}}, "search.optuna.space.data.image_size"),
@@ -272,6 +274,9 @@ def cluster(monkeypatch, scored):
         yield spans
 
 
+FAN_OUT = {**SPEC, "fan_out": True}
+
+
 def workers(spans) -> list[str]:
     return [worker for worker, _, _ in spans]
 
@@ -280,15 +285,20 @@ def overlapping(spans) -> bool:
     return any(a[1] < b[2] and b[1] < a[2] for i, a in enumerate(spans) for b in spans[i + 1 :])
 
 
+def test_without_fan_out_a_search_trains_its_values_itself_even_with_a_cluster(tmp_path, cluster, scored):
+    search.sequential_search(BASE, SPEC, out_dir=tmp_path, results_root=tmp_path)
+    assert set(workers(cluster)) == {"here"} and len(cluster) == len(scored) > 0
+
+
 def test_a_steps_values_train_concurrently_and_choose_as_serially(tmp_path, monkeypatch, cluster, scored):
-    concurrent = search.sequential_search(BASE, SPEC, out_dir=tmp_path / "dask", results_root=tmp_path)
+    concurrent = search.sequential_search(BASE, FAN_OUT, out_dir=tmp_path / "dask", results_root=tmp_path)
     assert len(set(workers(cluster))) == 2 and "here" not in workers(cluster) and overlapping(cluster)
     assert cluster.prepared == ["here"] * len(scored)  # a worker cannot start processes: data is prepared here
     trained = len(scored)
-    assert search.sequential_search(BASE, SPEC, out_dir=tmp_path / "dask", results_root=tmp_path).best == concurrent.best
+    assert search.sequential_search(BASE, FAN_OUT, out_dir=tmp_path / "dask", results_root=tmp_path).best == concurrent.best
     assert len(scored) == trained  # a re-run takes every trial from the cache
     monkeypatch.delenv(search.SCHEDULER_ENV)
-    serial = search.sequential_search(BASE, SPEC, out_dir=tmp_path / "serial", results_root=tmp_path)
+    serial = search.sequential_search(BASE, FAN_OUT, out_dir=tmp_path / "serial", results_root=tmp_path)
     assert (serial.best, serial.best_score) == (concurrent.best, concurrent.best_score)
     columns = ["step", "key", "value", "score", "trial_id", "chosen"]
     assert serial.trials[columns].equals(concurrent.trials[columns])
@@ -355,6 +365,6 @@ def test_an_unreachable_scheduler_is_one_line(tmp_path, scored, monkeypatch):
     monkeypatch.setenv(search.SCHEDULER_ENV, f"tcp://127.0.0.1:{port}")
     monkeypatch.setattr(search, "CONNECT_TIMEOUT_S", 1)
     with pytest.raises(FacetransferError) as err:
-        search.sequential_search(BASE, SPEC, out_dir=tmp_path, results_root=tmp_path)
+        search.sequential_search(BASE, FAN_OUT, out_dir=tmp_path, results_root=tmp_path)
     assert f"DASK_SCHEDULER_ADDRESS=tcp://127.0.0.1:{port}: no Dask scheduler answered" in str(err.value) and "\n" not in str(err.value)
     assert scored == []
