@@ -26,7 +26,8 @@ serial run does (:func:`facetransfer.runtime.set_cpu_threads`): the same numbers
 
 Search. Every worker also sets ``DASK_SCHEDULER_ADDRESS`` to its scheduler, so the search
 notebook's kernel submits its trials to this cluster (:mod:`facetransfer.search`); the search
-task secedes from its worker's thread slot meanwhile, leaving it to the trials.
+task secedes from its worker's thread slot meanwhile, leaving it to the trials (only then:
+without ``fan_out`` or a parallel Optuna search it trains in its kernel and keeps its slot).
 """
 
 from __future__ import annotations
@@ -92,8 +93,8 @@ def run_node_task(node, context, *needed):
     seceded = False
     try:
         worker.log_event(TOPIC, {"node": node.label, "worker": worker.address})
-        if node.key == "search":  # its kernel waits for its trials, tasks on this cluster: free the slot
-            secede()
+        if node.key == "search" and gives_trials_to_the_cluster(node.execution.parameters["search"]):
+            secede()  # its kernel waits for its trials, tasks on this cluster: free the slot
             seceded = True
         outcome = execute_node(node, context, {key: outcome for key, outcome, _ in needed}, lines.append)
     finally:
@@ -114,6 +115,15 @@ def _node_lock(out_dir: Path) -> StudyLock:
             if time.monotonic() > deadline:
                 raise
             time.sleep(1.0)
+
+
+def gives_trials_to_the_cluster(spec) -> bool:
+    """Whether a search submits its trials as tasks (``fan_out``, or Optuna ``parallel`` > 1):
+    only then does its task leave its worker's slot to them; otherwise the search trains in its
+    own kernel and keeps the slot, so no run shares its core."""
+    spec = spec or {}
+    parallel = (spec.get("optuna") or {}).get("parallel", 1)
+    return spec.get("fan_out") is True or (isinstance(parallel, int) and parallel > 1)
 
 
 def waiting_on(plan, key: str) -> int:
