@@ -157,11 +157,7 @@ class DaskExecutor:
             cluster = None
         else:
             threads = max(1, cores() // workers)
-            # worker-saturation inf: no queue of ready tasks on the scheduler. A search's trials
-            # (tasks without dependencies, of the highest priority) then go to a worker at once
-            # and start before the runs waiting there; queued, they waited until the workers had
-            # almost no run left (measured on the demo: the search took 225 s instead of 69 s).
-            with dask.config.set({"distributed.scheduler.allowed-failures": 3, "distributed.scheduler.worker-saturation": float("inf")}):
+            with dask.config.set({"distributed.scheduler.allowed-failures": 3}):
                 cluster = LocalCluster(
                     n_workers=workers, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0", env=worker_env(threads)
                 )
