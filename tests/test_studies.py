@@ -192,6 +192,7 @@ def test_demo_runs(tmp_path):
         "data.synthetic={n: 80, seed: 0, size: 64}",
         "search.sequential=[{key: model.head.dropout, values: [0.0, 0.3]}]",
         "search.set={train.epochs: 1}",
+        "train.cpu_threads=null",  # in this process TensorFlow may already run: its thread count is fixed
     ]
     # the stand-in set is too small for the demo's 100 and 300 training images: one size
     demo = yaml.safe_load((PARAMS / "demo.yaml").read_text(encoding="utf-8"))
