@@ -246,10 +246,10 @@ def test_ready_tasks_that_others_wait_for_start_first(tmp_path):
 
 
 def test_only_a_search_that_gives_trials_to_the_cluster_leaves_its_worker_slot():
-    from facetransfer.executors.on_dask import gives_trials_to_the_cluster
+    from facetransfer.search import gives_trials_to_a_cluster
 
-    assert not gives_trials_to_the_cluster(None) and not gives_trials_to_the_cluster({"sequential": [], "optuna": {"parallel": 1}})
-    assert gives_trials_to_the_cluster({"fan_out": True}) and gives_trials_to_the_cluster({"optuna": {"parallel": 2}})
+    assert not gives_trials_to_a_cluster(None) and not gives_trials_to_a_cluster({"sequential": [], "optuna": {"parallel": 1}})
+    assert gives_trials_to_a_cluster({"fan_out": True}) and gives_trials_to_a_cluster({"optuna": {"parallel": 2}})
 
 
 def test_local_cluster_runs_the_graph_like_serial(tmp_path, notebooks, capsys):

@@ -106,6 +106,15 @@ class SearchResult:
     skipped: list = field(default_factory=list)  # [{key, value, reason}]: values that cannot learn
 
 
+def gives_trials_to_a_cluster(spec: Mapping | None) -> bool:
+    """Whether a search (its spec as the study file gives it, defaults as :func:`validate_spec`
+    sets them) submits trials as Dask tasks: ``fan_out``, or Optuna ``parallel`` > 1. Never
+    raises: an invalid spec is :func:`validate_spec`'s to report, in the search notebook."""
+    spec = spec or {}
+    parallel = (spec.get("optuna") or {}).get("parallel", 1)
+    return spec.get("fan_out", False) is True or (isinstance(parallel, int) and not isinstance(parallel, bool) and parallel > 1)
+
+
 def validate_spec(spec: Mapping | None, base_params: Mapping) -> dict:
     """Check a search spec; return it with defaults. One-line ParamError on any problem."""
     spec = dict(spec or {})

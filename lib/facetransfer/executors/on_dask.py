@@ -46,7 +46,7 @@ from facetransfer.errors import FacetransferError, StudyBusyError
 from facetransfer.executors import say
 from facetransfer.io import StudyLock, cores
 from facetransfer.runner import Outcome, _one_line, execute_node, fail_run
-from facetransfer.search import SCHEDULER_ENV
+from facetransfer.search import SCHEDULER_ENV, gives_trials_to_a_cluster
 
 CONNECT_TIMEOUT_S = 10
 TASK_RETRIES = 1
@@ -93,8 +93,8 @@ def run_node_task(node, context, *needed):
     seceded = False
     try:
         worker.log_event(TOPIC, {"node": node.label, "worker": worker.address})
-        if node.key == "search" and gives_trials_to_the_cluster(node.execution.parameters["search"]):
-            secede()  # its kernel waits for its trials, tasks on this cluster: free the slot
+        if node.key == "search" and gives_trials_to_a_cluster(node.execution.parameters["search"]):
+            secede()  # its kernel waits for its trials, tasks on this cluster: free the slot; else it keeps the slot
             seceded = True
         outcome = execute_node(node, context, {key: outcome for key, outcome, _ in needed}, lines.append)
     finally:
@@ -115,15 +115,6 @@ def _node_lock(out_dir: Path) -> StudyLock:
             if time.monotonic() > deadline:
                 raise
             time.sleep(1.0)
-
-
-def gives_trials_to_the_cluster(spec) -> bool:
-    """Whether a search submits its trials as tasks (``fan_out``, or Optuna ``parallel`` > 1):
-    only then does its task leave its worker's slot to them; otherwise the search trains in its
-    own kernel and keeps the slot, so no run shares its core."""
-    spec = spec or {}
-    parallel = (spec.get("optuna") or {}).get("parallel", 1)
-    return spec.get("fan_out") is True or (isinstance(parallel, int) and parallel > 1)
 
 
 def waiting_on(plan, key: str) -> int:
