@@ -269,6 +269,15 @@ def test_tool_warnings_and_log_lines_are_left_out_of_the_page():
     assert hidden == 5 and [o["text"] for o in shown] == ["loaded 300 records\n"]
 
 
+def test_a_log_line_written_into_a_progress_bar_is_cut_out_and_the_bar_still_ends():
+    # Keras writes a bar update without a newline; TensorFlow's retracing warning came next.
+    bar = "\r1/6 \x1b[32m━\x1b[0m - loss: 0.97"
+    logged = "WARNING:tensorflow:5 out of the last 15 calls to <function f at 0x7f> triggered tf.function retracing.\n"
+    text = bar + logged + "\r6/6 \x1b[32m━━━━━━\x1b[0m - loss: 0.52\n[fit] done\n"
+    shown, hidden = report.tidy_outputs([new_output("stream", name="stdout", text=text)])
+    assert hidden == 1 and [o["text"] for o in shown] == ["6/6 \x1b[32m━━━━━━\x1b[0m - loss: 0.52\n[fit] done\n"]
+
+
 def test_tidy_table_drops_the_range_index_and_left_aligns_text_columns():
     import pandas as pd
 

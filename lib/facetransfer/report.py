@@ -191,7 +191,10 @@ _TF_LOG = re.compile(r"[IWEF]\d{4} [\d:.]+\s+\d+ \S+:\d+\] .*|WARNING: All log m
 # Python warnings ("/…/tqdm/auto.py:21: TqdmWarning: IProgress not found…" and the source
 # line under it, indented) and Python logging lines ("WARNING:tensorflow:5 out of the last…").
 _PY_WARNING = re.compile(r"\S+\.py:\d+: \w*Warning: .*")
-_PY_LOG = re.compile(r"(DEBUG|INFO|WARNING|ERROR|CRITICAL):[\w.]+:.*")
+# A logging line may start in the middle of a line: a Keras progress bar writes no newline
+# before the next "\r" update, so it is cut out of the stream with its newline, and the bar's
+# later updates still rewrite the bar.
+_PY_LOG = re.compile(r"(DEBUG|INFO|WARNING|ERROR|CRITICAL):[\w.]+:[^\n]*(\n|$)")
 _PROGRESS_BAR = re.compile(r"\d+%\|")  # a tqdm bar: "name:  40%|████      | 160/400 [...]"
 
 
@@ -245,9 +248,10 @@ def tidy_outputs(outputs: list) -> tuple[list, int]:
     shown, hidden = [], 0
     for out in merged:
         if out.get("output_type") == "stream":
-            lines = [line for line in terminal_text(out["text"]).split("\n") if line.strip()]
+            text, logged = _PY_LOG.subn("", out["text"])
+            lines = [line for line in terminal_text(text).split("\n") if line.strip()]
             kept = _without_noise(lines)
-            hidden += len(lines) - len(kept)
+            hidden += logged + len(lines) - len(kept)
             if not kept:
                 continue
             out["text"] = "\n".join(kept) + "\n"
@@ -258,14 +262,14 @@ def tidy_outputs(outputs: list) -> tuple[list, int]:
 
 
 def _without_noise(lines: list[str]) -> list[str]:
-    """``lines`` without TensorFlow C++ log lines, Python warnings (with their indented
-    source line) and Python logging lines."""
+    """``lines`` without TensorFlow C++ log lines and Python warnings (with their indented
+    source line); Python logging lines are cut out of the stream before (``_PY_LOG``)."""
     kept, in_warning = [], False
     for line in lines:
         if in_warning and line[:1].isspace():
             continue  # the source line Python prints under a warning
         in_warning = bool(_PY_WARNING.fullmatch(line.strip()))
-        if in_warning or _TF_LOG.fullmatch(line.strip()) or _PY_LOG.fullmatch(line.strip()):
+        if in_warning or _TF_LOG.fullmatch(line.strip()):
             continue
         kept.append(line)
     return kept
