@@ -57,6 +57,18 @@ def test_build_model_outputs_by_task(task, outputs):
     assert {k: v.shape for k, v in pred.items()} == {k: (2, widths[k]) for k in outputs}
 
 
+@pytest.mark.parametrize("backbone", ["resnet50v2", "efficientnetb0"])
+def test_summary_cuts_no_layer_name_in_a_notebooks_columns(backbone, capsys, monkeypatch):
+    # The longest "Connected to" names ("block2a_expand_activation[0][0]"); a notebook's
+    # rich console is 115 columns wide, Keras's own default sized the table to 76.
+    monkeypatch.setenv("COLUMNS", str(models.SUMMARY_WIDTH))
+    model = models.build_model(make_cfg(backbone, task="age_gender", size=models.SPECS[backbone].min_size))
+    models.print_summary(model)
+    lines = capsys.readouterr().out.splitlines()
+    assert any("Connected to" in line for line in lines) and sum(line.startswith("│ block") or line.startswith("│ conv") for line in lines) > 20
+    assert "…" not in "\n".join(lines) and max(map(len, lines)) <= models.SUMMARY_WIDTH
+
+
 def test_hassner_layout():
     model = models.build_model(make_cfg("hassner", head={"pooling": "flatten", "dense": [512, 512], "dropout": 0.5}, size=227))
     conv = {n: model.get_layer(n) for n in ("conv1", "conv2", "conv3")}
