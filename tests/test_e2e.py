@@ -2,9 +2,15 @@
 a tiny SYNTHETIC study through all four stages — 01_explore, 02_search (two values of one
 key, then two Optuna trials), 03_finetune for a source run (age + gender on UTKFace-layout
 faces, from scratch), a transfer run (``weights: run:source``, gender on CelebA-layout
-faces) and a ``use_search`` run, then 04_compare — and the HTML report. Then resuming: a second invocation executes nothing and rewrites no artifact;
+faces, two epochs) and a ``use_search`` run, then 04_compare — and the HTML report. Then resuming: a second invocation executes nothing and rewrites no artifact;
 after deleting one run's metrics.json only that run (and the comparison reading it) runs
 again, with the same numbers.
+
+The same study checks the rendered report is clean and escaped: its title, description and
+one run's name carry markup, and no page shows tool noise (warnings, log lines), a missing
+value as ``None`` / ``nan`` / ``()``, text cut with ``...``, a fixed introduction that is
+false for the run, or live markup from the study file. (One study serves both: every
+notebook execution costs a kernel start and a Keras import.)
 
 tests/test_runner.py covers the runner's mechanics with stand-in notebooks; this module
 checks what the real notebooks write.
@@ -12,6 +18,7 @@ checks what the real notebooks write.
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import subprocess
@@ -27,6 +34,7 @@ import yaml
 from _studyutil import FACETRANSFER, RUN_FILES, quiet_env, study_runs, synth
 from facetransfer import cli
 from facetransfer.io import read_json
+from test_escaping import PAYLOAD, live
 
 pytestmark = [
     pytest.mark.slow,
@@ -34,12 +42,17 @@ pytestmark = [
 ]
 
 SEARCH_VALUES = [0.01, 0.001]
+TUNED = f"tuned <b>bold</b> {PAYLOAD}"  # a run name with markup: shown escaped, never live
+NOISE = ("Warning:", "WARNING:", "retracing", "IProgress", "DecompressionBomb", "absl", "oneDNN")
+# A missing value shown as such; not Keras's "(None, 32, 32, 3)" (the batch dimension of a layer's shape).
+MISSING = re.compile(r"(^|\s)(None|nan|NaN|<NA>|NaT|\(\))(?!\s*,)(\s|$)")
 
 
 def tiny_study(celeba_root: Path) -> dict:
     return {
         "study": "tiny",
-        "title": "Tiny end-to-end study (SYNTHETIC)",
+        "title": f"Tiny end-to-end study (SYNTHETIC) {PAYLOAD}",
+        "description": f"Escaping check {PAYLOAD}",
         "stages": ["explore", "search", "finetune", "compare"],
         "defaults": {
             "seed": 0,
@@ -63,8 +76,8 @@ def tiny_study(celeba_root: Path) -> dict:
                     "eval.subgroups": ["race"],
                 },
             },
-            {"name": "transfer"},
-            {"name": "tuned", "use_search": True},
+            {"name": "transfer", "set": {"train.epochs": 2}},
+            {"name": TUNED, "use_search": True},
         ],
         "search": {
             "metric": "val.accuracy",
@@ -94,7 +107,7 @@ def executed(tmp_path_factory):
 def test_every_run_folder_holds_the_artifacts(executed):
     study_dir = executed["dir"]
     runs = {r["name"]: r for r in study_runs(study_dir)}
-    assert set(runs) == {"source", "transfer", "tuned"}
+    assert set(runs) == {"source", "transfer", TUNED}
     for name, run in runs.items():
         run_dir = study_dir / "runs" / run["run_id"]
         for file in RUN_FILES:
@@ -103,10 +116,11 @@ def test_every_run_folder_holds_the_artifacts(executed):
         assert m["status"] == "ok" and m["run_id"] == run["run_id"] and m["params"] == run["params"]
         assert {"run_id", "params", "test", "val", "timing", "environment", "data"} <= set(m)
         assert 0 <= m["test"]["accuracy"] <= 1 and 0 <= m["test"]["f1_macro"] <= 1 and m["data"]["synthetic"] is True
-        assert m["timing"]["train_seconds"] > 0 and m["timing"]["epochs"] == 1
+        epochs = run["params"]["train"]["epochs"]
+        assert m["timing"]["train_seconds"] > 0 and m["timing"]["epochs"] == epochs == (2 if name == "transfer" else 1)
         assert {"python", "backend", "keras", "devices"} <= set(m["environment"])
         history = pd.read_csv(run_dir / "history.csv")
-        assert history["epoch"].tolist() == [1] and np.isfinite(history["loss"]).all()
+        assert history["epoch"].tolist() == list(range(1, epochs + 1)) and np.isfinite(history["loss"]).all()
         splits = pd.read_csv(run_dir / "splits.csv")
         predictions = pd.read_csv(run_dir / "predictions.csv")
         assert set(splits["split"]) == {"train", "val", "test"}
@@ -120,7 +134,7 @@ def test_every_run_folder_holds_the_artifacts(executed):
         assert test["support"] == {"female": int(cm[0].sum()), "male": int(cm[1].sum())}
         truth = predictions.loc[predictions["split"] == "test", "y_true"]
         assert [int((truth == 0).sum()), int((truth == 1).sum())] == cm.sum(axis=1).tolist()  # rows: female, male
-    source, transfer, tuned = runs["source"], runs["transfer"], runs["tuned"]
+    source, transfer, tuned = runs["source"], runs["transfer"], runs[TUNED]
     assert source["metrics"]["test"]["mae"] >= 0 and set(source["metrics"]["test"]["outputs"]) == {"gender", "age"}
     for run in (transfer, tuned):
         assert run["params"]["model"]["weights"] == f"run:{source['run_id']}"
@@ -160,7 +174,7 @@ def test_report_lists_every_run_and_its_links_resolve(executed):
     index = (report / "index.html").read_text(encoding="utf-8")
     runs = study_runs(executed["dir"])
     for run in runs:
-        assert run["run_id"] in index and run["name"] in index
+        assert run["run_id"] in index and html.escape(run["name"]) in index
         assert f"runs/{run['run_id']}/03_finetune.html" in index
     assert "SYNTHETIC" in index
     environment = runs[0]["metrics"]["environment"]
@@ -176,6 +190,64 @@ def test_report_lists_every_run_and_its_links_resolve(executed):
         assert (report / unquote(urlsplit(link).path)).resolve().is_file(), link
     page = (report / "runs" / runs[0]["run_id"] / "03_finetune.html").read_text(encoding="utf-8")
     assert 'href="../../index.html"' in page and "SYNTHETIC" in page
+
+
+class Text(HTMLParser):
+    """The text a reader sees (no script, style or the hidden code inputs' markup)."""
+
+    def __init__(self):
+        super().__init__()
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag, attrs):
+        self._skip += tag in ("script", "style")
+
+    def handle_endtag(self, tag):
+        self._skip -= tag in ("script", "style") and self._skip > 0
+
+    def handle_data(self, data):
+        if not self._skip:
+            self.parts.append(data)
+
+
+def output_text(page: str) -> str:
+    """Visible text of the outputs and markdown (code inputs may hold anything)."""
+    page = re.sub(r'<div class="jp-Cell-inputWrapper.*?<div class="jp-Cell-outputWrapper', "", page, flags=re.S)
+    parser = Text()
+    parser.feed(page)
+    return "\n".join(parser.parts)
+
+
+def report_pages(executed) -> dict[str, str]:
+    report = executed["dir"] / "report"
+    return {p.relative_to(report).as_posix(): p.read_text(encoding="utf-8") for p in report.rglob("*.html")}
+
+
+def test_no_page_shows_tool_noise_missing_values_or_cut_text(executed):
+    pages = report_pages(executed)
+    assert len(pages) == 7  # index, explore, search, three runs, compare
+    for name, page in pages.items():
+        text = output_text(page)
+        for noise in NOISE:
+            assert noise not in text, (name, noise, text[max(0, text.find(noise) - 200) : text.find(noise) + 200])
+        assert not MISSING.search(text), (name, MISSING.search(text))
+        assert "..." not in text and "…" not in text, (name, text[max(0, text.find("...") - 200) : text.find("...") + 50])
+
+
+def test_the_run_introduction_is_true_for_each_run(executed):
+    pages = report_pages(executed)
+    for run in study_runs(executed["dir"]):
+        text = output_text(pages[f"runs/{run['run_id']}/03_finetune.html"])
+        epochs = run["params"]["train"]["epochs"]
+        assert "two epochs on a small synthetic set" not in text
+        assert f"{epochs} epoch{'s' if epochs != 1 else ''} of adam" in text
+
+
+def test_no_page_has_live_markup_from_the_study_file(executed):
+    for name, page in report_pages(executed).items():
+        assert live(page) == [], name
+        assert "<b>bold</b>" not in page, name
 
 
 def snapshot(folder: Path) -> dict[str, int]:
