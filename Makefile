@@ -26,7 +26,7 @@ STUDY ?= params/demo.yaml
 # this process, with no Dask process. The demo gives every run one CPU thread, so both give the
 # same numbers.
 WORKERS ?= 2
-PYTEST_ARGS ?= -n 3 --dist loadfile --durations=25  # three pytest workers, one module per worker at a time (module fixtures built once); the 25 slowest tests are listed at the end
+PYTEST_ARGS ?= -n 3 --dist loadfile --no-loadscope-reorder --durations=25  # three pytest workers, one module per worker at a time (module fixtures built once), the slowest modules first (tests/conftest.py); the 25 slowest tests are listed at the end
 
 .PHONY: venv venv-jax test lint report clean-results
 
