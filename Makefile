@@ -11,11 +11,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # The stamp's name carries a hash of the files that define the environment: when either
 # changes, the stamp is missing and .venv is brought up to date; otherwise nothing runs.
-ENV_HASH := $(shell cat requirements.txt pyproject.toml | sha1sum | cut -c1-12)
+# glibc's malloc for TensorFlow's CPU training: grow the heap 256 MB at a time, on transparent huge
+# pages, so that a training step stops faulting in fresh pages for every batch's tensors (the demo's
+# scratch run on 300 images, one thread: 46 s -> 30 s, system time 17 s -> 4 s, the same numbers;
+# benchmarks/malloc.py measures it). Exported to every command below and written into the
+# kernel spec, so notebook kernels get it too; a GLIBC_TUNABLES of your own wins.
+export GLIBC_TUNABLES ?= glibc.malloc.top_pad=268435456:glibc.malloc.hugetlb=1
+ENV_HASH := $(shell (cat requirements.txt pyproject.toml; echo '$(GLIBC_TUNABLES)') | sha1sum | cut -c1-12)
 STAMP := $(VENV)/.facetransfer-env-$(ENV_HASH)
 VENV_JAX := .venv-jax
 PY_JAX := $(VENV_JAX)/bin/python
-ENV_JAX_HASH := $(shell cat requirements.txt requirements-jax.txt pyproject.toml | sha1sum | cut -c1-12)
+ENV_JAX_HASH := $(shell (cat requirements.txt requirements-jax.txt pyproject.toml; echo '$(GLIBC_TUNABLES)') | sha1sum | cut -c1-12)
 STAMP_JAX := $(VENV_JAX)/.facetransfer-env-$(ENV_JAX_HASH)
 # uv installs requirements.txt (the same pinned versions pip resolves) in about 30 s where
 # pip takes 2-3 min on 2 cores: most of a fresh clone's `make test` / `make report` set-up.
@@ -40,7 +46,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip $(UV)
 	$(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
-	$(PY) -m ipykernel install --sys-prefix --name facetransfer --display-name "Python (facetransfer)" >/dev/null
+	$(PY) -m ipykernel install --sys-prefix --name facetransfer --display-name "Python (facetransfer)" --env GLIBC_TUNABLES "$(GLIBC_TUNABLES)" >/dev/null
 	rm -f $(VENV)/.facetransfer-env-*
 	touch $@
 	@echo "facetransfer: .venv is ready (kernel 'facetransfer' registered inside it)"
@@ -54,7 +60,7 @@ $(STAMP_JAX): requirements.txt requirements-jax.txt pyproject.toml
 	grep -v '^tensorflow' requirements.txt > $(VENV_JAX)/requirements-without-tensorflow.txt
 	$(PY_JAX) -m pip install --quiet -r $(VENV_JAX)/requirements-without-tensorflow.txt -r requirements-jax.txt
 	$(PY_JAX) -m pip install --quiet --no-deps -e .
-	$(PY_JAX) -m ipykernel install --sys-prefix --name facetransfer-jax --display-name "Python (facetransfer, JAX)" --env KERAS_BACKEND jax >/dev/null
+	$(PY_JAX) -m ipykernel install --sys-prefix --name facetransfer-jax --display-name "Python (facetransfer, JAX)" --env KERAS_BACKEND jax --env GLIBC_TUNABLES "$(GLIBC_TUNABLES)" >/dev/null
 	rm -f $(VENV_JAX)/.facetransfer-env-*
 	touch $@
 	@echo "facetransfer: .venv-jax is ready (kernel 'facetransfer-jax' registered inside it); run: KERAS_BACKEND=jax $(VENV_JAX)/bin/facetransfer ..."

@@ -53,6 +53,31 @@ def test_make_venv_compiles_bytecode():
     assert "--compile-bytecode" in install and "-r requirements.txt" in install
 
 
+def make_shows_glibc_tunables(env: dict) -> str:
+    """GLIBC_TUNABLES as every command of the Makefile sees it (an extra target prints it)."""
+    show = 'show-glibc-tunables: ; @echo "$$GLIBC_TUNABLES"'
+    proc = subprocess.run(["make", "-s", "--eval", show, "show-glibc-tunables"], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    return proc.stdout.strip()
+
+
+def test_make_gives_its_commands_and_the_kernel_the_malloc_tuning_and_yours_wins():
+    """glibc reads GLIBC_TUNABLES once, at process start: make exports it to pytest, the CLI and
+    the Dask workers it starts, and the kernel spec carries it to every notebook kernel."""
+    without = {key: value for key, value in os.environ.items() if key != "GLIBC_TUNABLES"}
+    shipped = make_shows_glibc_tunables(without)
+    assert shipped.split(":") == ["glibc.malloc.top_pad=268435456", "glibc.malloc.hugetlb=1"]
+    assert make_shows_glibc_tunables({**without, "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}) == "glibc.malloc.arena_max=2"
+    for target, kernel in (("venv", "facetransfer"), ("venv-jax", "facetransfer-jax")):
+        proc = subprocess.run(["make", "-n", "-B", target], cwd=REPO, env=without, capture_output=True, text=True, check=True)
+        install = next(line for line in proc.stdout.splitlines() if "ipykernel install" in line)
+        assert f"--name {kernel} " in install and f'--env GLIBC_TUNABLES "{shipped}"' in install
+    # the kernel this suite's notebooks run on (the .venv that `make test` built)
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().get_kernel_spec("facetransfer")
+    assert spec.env.get("GLIBC_TUNABLES") == os.environ.get("GLIBC_TUNABLES", shipped)
+
+
 def fake_kernel(folder: Path, name: str) -> None:
     spec = folder / "kernels" / name
     spec.mkdir(parents=True)
