@@ -124,11 +124,12 @@ def study_runs(study_dir: Path) -> list[dict]:
     return out
 
 
-def run_in_process(path, sets, results) -> list[dict]:
+def run_in_process(path, sets, results, *, only=None) -> list[dict]:
     """A study's runs executed in this process: what ``facetransfer run`` does, without the
     notebooks and their kernels. The study is loaded with the ``--set`` overrides ``sets``;
     ``train.run_config`` (the library calls 03_finetune makes, in its order) executes every
-    run, a run after the run its weights come from; a search stage is 02_search's sequential
+    run (``only``: the runs of these names, and the runs their weights come from), a run
+    after the run its weights come from; a search stage is 02_search's sequential
     search (``search.sequential_search`` + ``write_best``) after the runs it starts from, and
     its chosen values go to the ``use_search`` runs. Returns the runs as study.json lists
     them, each with its metrics.json (None for a run that did not run)."""
@@ -152,7 +153,10 @@ def run_in_process(path, sets, results) -> list[dict]:
         search.write_best(study_dir / "search", result)
         st.apply_search(result.best)
     if "finetune" in st.stages:
-        execute(S.execution_order(st))
+        order = S.execution_order(st)
+        if only is not None:
+            order = S.dependencies(st, [run.run_id for run in st.runs if run.name in only])
+        execute(order)
     runs = [run.to_json() for run in st.runs]
     for run in runs:
         path = study_dir / "runs" / str(run["run_id"]) / "metrics.json"

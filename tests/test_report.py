@@ -179,6 +179,34 @@ def test_rerender_skips_unchanged_pages_and_force_rewrites(tmp_path):
     assert page.stat().st_mtime_ns != newer
 
 
+def test_pages_render_as_executions_finish_once_the_study_shows_synthetic_data(tmp_path, capsys):
+    from facetransfer import runner
+
+    study_dir = make_study(tmp_path, synthetic=True)
+    late = study_dir / "runs" / "aaaaaaaaaaa2" / "03_finetune.ipynb"
+    late.unlink()  # still executing
+    pages = runner.ReportPages(study_dir)
+    pages.refresh()
+    pages.close()
+    page = study_dir / "report" / "runs" / "aaaaaaaaaaa1" / "03_finetune.html"
+    assert page.is_file() and "SYNTHETIC DATA" in page.read_text()
+    assert not (study_dir / "report" / "runs" / "aaaaaaaaaaa2").exists() and not (study_dir / "report" / "index.html").exists()
+    executed_notebook(late, "run main lr=0.1")  # it finished: render() adds its page and the index only
+    capsys.readouterr()
+    report.render(study_dir)
+    assert capsys.readouterr().out.splitlines() == ["report: [4/5] runs/aaaaaaaaaaa2/03_finetune.ipynb"]
+    # real data: a later run could still be synthetic, so every page waits for render()
+    real = make_study(tmp_path / "real", synthetic=False)
+    assert report.render_pages(real) is False and not (real / "report").exists()
+    # a page that cannot be rendered raises when the pages are closed
+    (real / "explore" / "01_explore.ipynb").write_text("{not json")
+    atomic_write_json(real / "runs" / "aaaaaaaaaaa1" / "metrics.json", {"run_id": "aaaaaaaaaaa1", "status": "ok", "params": params("x"), "data": provenance(True)})
+    broken = runner.ReportPages(real)
+    broken.refresh()
+    with pytest.raises(nbformat.reader.NotJSONError):
+        broken.close()
+
+
 def test_real_data_has_no_synthetic_banner(tmp_path):
     study_dir = make_study(tmp_path, synthetic=False)
     text = report.render(study_dir).read_text()

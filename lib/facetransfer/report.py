@@ -757,16 +757,35 @@ def index_html(info: Mapping, study_dir: Path, pages: Mapping[str, str]) -> str:
     )
 
 
+def _pages(study_dir: Path, info: Mapping, *, force: bool) -> dict[str, str]:
+    names = {r["run_id"]: str(r.get("name") or r["run_id"]) for r in info["runs"]}
+    title = str(info.get("title") or info.get("study"))
+    return render_notebooks(study_dir, study_dir / "report", title=title, synthetic=is_synthetic(info), names=names, force=force)
+
+
+def render_pages(study_dir) -> bool:
+    """The pages of the notebooks executed so far, each rendered when missing or older than its
+    notebook; no index. The runner calls it as executions finish, so that the pages are ready
+    when the last one ends (:func:`render` then renders the rest and the index).
+
+    Every page carries the study's SYNTHETIC banner when any run is on synthetic data, which is
+    settled early only when it is yes: until a run shows synthetic data nothing is rendered
+    (returns False), and :func:`render` renders every page at the end."""
+    study_dir = Path(study_dir).resolve()
+    info = load_study_info(study_dir)
+    if not is_synthetic(info):
+        return False
+    _pages(study_dir, info, force=False)
+    return True
+
+
 def render(study_dir, *, force: bool = False) -> Path:
     """Render ``<study_dir>/report/`` (every notebook + index.html); returns index.html's path."""
     study_dir = Path(study_dir).resolve()
     if not study_dir.is_dir():
         raise FacetransferError(f"study folder {study_dir} does not exist; run `facetransfer run params/<study>.yaml` first")
     info = load_study_info(study_dir)
-    report_dir = study_dir / "report"
-    names = {r["run_id"]: str(r.get("name") or r["run_id"]) for r in info["runs"]}
-    title = str(info.get("title") or info.get("study"))
-    pages = render_notebooks(study_dir, report_dir, title=title, synthetic=is_synthetic(info), names=names, force=force)
-    index = report_dir / "index.html"
+    pages = _pages(study_dir, info, force=force)
+    index = study_dir / "report" / "index.html"
     atomic_write_text(index, index_html(info, study_dir, pages))
     return index
