@@ -588,15 +588,17 @@ def run_study(
         study_run.write_study_json()
         try:
             executor.execute(study_run)
-        finally:
+        except BaseException:
             if pages is not None:
-                pages.close()
+                pages.abandon()
+            raise
         print(study_run.summary(), flush=True)
         if outcomes is not None:
             outcomes.extend(study_run.ordered())
-        if report:
+        if pages is not None:
             from facetransfer import report as R
 
+            pages.close()
             print(f"report: {R.render(study_dir)}", flush=True)
     return 0 if study_run.ok else 1
 
@@ -625,3 +627,7 @@ class ReportPages:
         self.pool.shutdown(wait=True)
         for future in self.submitted:
             future.result()
+
+    def abandon(self) -> None:
+        """The study stopped with an error: wait for the page being written, drop the rest."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
